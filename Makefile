@@ -1,0 +1,64 @@
+# paxos-service developer entry points. Every target works on a fresh clone:
+# the ones that need the virtualenv build it first (cheap when up to date).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTO  := proto/paxos_service/v1/paxos.proto
+GEN    := paxos_service/v1/paxos_pb2.py
+
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k acceptor -x"`.
+PYTEST_ARGS ?=
+# Seeds for the simulation; `make sim SEEDS=5000` for a long run.
+SEEDS ?= 2000
+
+.PHONY: install proto run test test-fast sim lint fmt clean
+
+install: $(STAMP) $(GEN)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Regenerate the wire code from proto/ (the single source of truth).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto \
+	  --python_out=. --grpc_python_out=. \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=. \
+	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=. \
+	  $(PROTO)
+
+$(GEN): $(PROTO) $(STAMP)
+	$(MAKE) proto
+
+# A local cluster: 3 acceptors, 2 proposers, 1 learner, SQLite files in ./data.
+run: install
+	$(BIN)/paxos cluster
+
+# The whole suite: lint, unit, simulation, integration and end-to-end.
+test: install lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest tests/unit tests/simulation $(PYTEST_ARGS)
+
+# The seeded protocol simulation with many more schedules than `make test`.
+sim: install
+	PAXOS_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest tests/simulation -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	cd proto && ../$(BIN)/buf lint
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis paxos_service/v1/*_pb2*

@@ -1,0 +1,58 @@
+"""Classic Paxos ("Paxos Made Simple") as pure, deterministic state machines.
+
+This package is the protocol and nothing else. It does no I/O, reads no clock
+and draws no randomness of its own: the caller feeds messages (and the current
+time, and a random source) in, and gets replies and effects out. Storage and
+transport live in :mod:`paxos_service`. The model is etcd-io/raft and h11.
+
+Roles:
+    :class:`Acceptor`  phase 1b/2b; its state must be persisted before replying.
+    :class:`Proposer`  phase 1a/2a for one instance, with backoff and a deadline.
+    :class:`Learner`   finds out which value is chosen.
+"""
+
+from roles.acceptor import Acceptor, AcceptorState, AcceptorStep
+from roles.ballot import ZERO_BALLOT, Ballot
+from roles.errors import ProtocolError, SafetyViolation
+from roles.learner import Learned, Learner
+from roles.messages import Accept, Accepted, Decide, Prepare, Promise, Reject
+from roles.proposer import (
+    Broadcast,
+    Chosen,
+    Effect,
+    GaveUp,
+    Phase,
+    Proposer,
+    ProposerConfig,
+    RandomSource,
+    SetTimer,
+)
+from roles.quorum import majority
+
+__all__ = [
+    "ZERO_BALLOT",
+    "Accept",
+    "Accepted",
+    "Acceptor",
+    "AcceptorState",
+    "AcceptorStep",
+    "Ballot",
+    "Broadcast",
+    "Chosen",
+    "Decide",
+    "Effect",
+    "GaveUp",
+    "Learned",
+    "Learner",
+    "Phase",
+    "Prepare",
+    "Promise",
+    "Proposer",
+    "ProposerConfig",
+    "ProtocolError",
+    "RandomSource",
+    "Reject",
+    "SafetyViolation",
+    "SetTimer",
+    "majority",
+]

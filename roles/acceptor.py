@@ -1,0 +1,98 @@
+"""The acceptor: the memory of Paxos.
+
+Rules ("Paxos Made Simple", section 2.2, with the usual strengthening):
+
+    Prepare(n):  if n > promised_ballot   -> promised_ballot := n; Promise(n, accepted)
+                 else                      -> Reject(promised_ballot)
+    Accept(n,v): if n >= promised_ballot  -> promised_ballot := n;
+                                             accepted := (n, v); Accepted(n, v)
+                 else                      -> Reject(promised_ballot)
+
+The acceptor keeps one :class:`AcceptorState` per instance. Every step returns
+the new state, the reply and whether the state changed. **The caller must make a
+changed state durable before sending the reply**: an acceptor that forgets a
+promise after a crash can let two values be chosen.
+
+Promising only a *strictly* higher ballot also makes ballots safe to reuse
+after a proposer restart: a ballot that already won phase 1 at one majority
+can never win it again at another, because the two majorities intersect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roles.ballot import ZERO_BALLOT, Ballot
+from roles.errors import ProtocolError
+from roles.messages import Accept, Accepted, AcceptorReply, Prepare, Promise, Reject
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptorState:
+    """What one acceptor remembers about one instance."""
+
+    promised_ballot: Ballot = ZERO_BALLOT
+    accepted_ballot: Ballot = ZERO_BALLOT
+    accepted_value: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.accepted_ballot > self.promised_ballot:
+            raise ValueError("accepted_ballot can never exceed promised_ballot")
+        if self.accepted_ballot.is_zero != (self.accepted_value is None):
+            raise ValueError("accepted_value is set exactly when accepted_ballot is")
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptorStep:
+    """The result of one message: the new state, the reply, and whether the state
+    changed (``persist``). If it did, persist before replying."""
+
+    state: AcceptorState
+    reply: AcceptorReply
+    persist: bool
+
+
+class Acceptor:
+    """Pure acceptor logic for the acceptor ``acceptor_id``. It holds no state of
+    its own: the caller passes each instance's state in and stores the result."""
+
+    def __init__(self, acceptor_id: int) -> None:
+        self.acceptor_id = acceptor_id
+
+    def on_prepare(self, state: AcceptorState, msg: Prepare) -> AcceptorStep:
+        _check_ballot(msg.ballot, msg.instance)
+        if msg.ballot > state.promised_ballot:
+            new = AcceptorState(msg.ballot, state.accepted_ballot, state.accepted_value)
+            promise = Promise(
+                instance=msg.instance,
+                ballot=msg.ballot,
+                acceptor_id=self.acceptor_id,
+                accepted_ballot=state.accepted_ballot,
+                accepted_value=state.accepted_value,
+            )
+            return AcceptorStep(new, promise, persist=True)
+        return AcceptorStep(state, self._reject(msg.instance, msg.ballot, state), persist=False)
+
+    def on_accept(self, state: AcceptorState, msg: Accept) -> AcceptorStep:
+        _check_ballot(msg.ballot, msg.instance)
+        if msg.ballot < state.promised_ballot:
+            return AcceptorStep(state, self._reject(msg.instance, msg.ballot, state), persist=False)
+        if msg.ballot == state.accepted_ballot and msg.value != state.accepted_value:
+            # A proposer sends exactly one value per ballot; two means a broken peer.
+            raise ProtocolError(
+                f"instance {msg.instance}: ballot {msg.ballot} already carries another value"
+            )
+        new = AcceptorState(msg.ballot, msg.ballot, msg.value)
+        accepted = Accepted(msg.instance, msg.ballot, self.acceptor_id, msg.value)
+        # A duplicate Accept leaves the state as it was: nothing new to persist.
+        return AcceptorStep(new, accepted, persist=new != state)
+
+    def _reject(self, instance: int, ballot: Ballot, state: AcceptorState) -> Reject:
+        return Reject(instance, ballot, self.acceptor_id, state.promised_ballot)
+
+
+def _check_ballot(ballot: Ballot, instance: int) -> None:
+    if ballot.is_zero:
+        raise ProtocolError(f"instance {instance}: the zero ballot is never valid")
+    if instance < 1:
+        raise ProtocolError(f"instance must be >= 1, got {instance}")

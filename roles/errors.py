@@ -1,0 +1,14 @@
+"""Errors the protocol raises. Raising never changes a role's state."""
+
+
+class ProtocolError(ValueError):
+    """A message that no correct peer would send (zero ballot, wrong instance, ...).
+
+    The role that raises it leaves its state exactly as it was, so the caller can
+    report the error and carry on.
+    """
+
+
+class SafetyViolation(AssertionError):
+    """Two different values were chosen for one instance. This must never happen;
+    it is raised so that a bug is loud instead of silently corrupting data."""

@@ -1,0 +1,73 @@
+"""The five Paxos messages (plus Reject), as frozen dataclasses.
+
+Names and fields match ``proto/paxos_service/v1/paxos.proto`` one to one; the
+servers translate between the two and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roles.ballot import ZERO_BALLOT, Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Phase 1a: promise to ignore ballots lower than ``ballot``."""
+
+    instance: int
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """Phase 1b: ``acceptor_id`` promised ``ballot`` and reports its highest
+    accepted proposal (``accepted_ballot`` is ZERO and value None if none)."""
+
+    instance: int
+    ballot: Ballot
+    acceptor_id: int
+    accepted_ballot: Ballot = ZERO_BALLOT
+    accepted_value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Phase 2a: accept ``value`` under ``ballot``."""
+
+    instance: int
+    ballot: Ballot
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Phase 2b: ``acceptor_id`` durably accepted ``value`` under ``ballot``."""
+
+    instance: int
+    ballot: Ballot
+    acceptor_id: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """No to a Prepare or Accept for ``ballot``: the acceptor has promised
+    ``promised_ballot``, which is at least as high."""
+
+    instance: int
+    ballot: Ballot
+    acceptor_id: int
+    promised_ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """``value`` was chosen for ``instance`` (accepted by a majority under ``ballot``)."""
+
+    instance: int
+    ballot: Ballot
+    value: bytes
+
+
+AcceptorReply = Promise | Accepted | Reject

@@ -1,0 +1,247 @@
+"""The proposer: drives one instance from a client's value to a chosen value.
+
+    start ──> PREPARING ──(majority of Promise)──> ACCEPTING ──(majority of Accepted)──> CHOSEN
+                  │  ^                                  │
+   Reject(higher) │  │ timer                            │ Reject(higher) or phase timeout
+   or timeout     v  │                                  v
+              BACKING_OFF <─────────────────────────────┘
+                  │
+   deadline ──────┴──> GAVE_UP   (from any phase but CHOSEN)
+
+Phase 2 proposes the value of the highest-ballot proposal reported in the
+promises, or the client's own value if no acceptor of the quorum accepted one
+("Paxos Made Simple", section 2.2, P2c). After a rejection the proposer waits a
+random backoff (exponential, capped) before a higher round, so duelling
+proposers drift apart instead of preempting each other forever.
+
+The proposer reads no clock and draws no randomness of its own: every input
+carries ``now`` (seconds on any monotonic scale) and randomness comes from the
+injected :class:`RandomSource`. Timers are requested with :class:`SetTimer`;
+the caller calls :meth:`Proposer.on_timer` when that time has come.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from roles.ballot import ZERO_BALLOT, Ballot
+from roles.errors import ProtocolError
+from roles.messages import Accept, Accepted, Decide, Prepare, Promise, Reject
+from roles.quorum import is_quorum
+
+
+class RandomSource(Protocol):
+    """What the proposer needs of a random generator (``random.Random`` fits)."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProposerConfig:
+    #: Seconds to wait for a quorum of answers before trying a higher ballot.
+    phase_timeout: float = 1.0
+    #: First backoff cap in seconds; doubles with every failed attempt.
+    backoff_base: float = 0.005
+    #: Largest backoff in seconds.
+    backoff_max: float = 0.5
+
+    def __post_init__(self) -> None:
+        bad_backoff = self.backoff_base <= 0 or self.backoff_max < self.backoff_base
+        if self.phase_timeout <= 0 or bad_backoff:
+            raise ValueError(f"invalid proposer timing: {self!r}")
+
+
+class Phase(enum.Enum):
+    PREPARING = "preparing"
+    ACCEPTING = "accepting"
+    BACKING_OFF = "backing_off"
+    CHOSEN = "chosen"
+    GAVE_UP = "gave_up"
+
+
+# Effects: what the caller must do after a step.
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Send ``message`` to every acceptor."""
+
+    message: Prepare | Accept
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Call :meth:`Proposer.on_timer` at time ``at`` (replaces any earlier timer)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """A value is chosen. Send ``decide`` to the learners and answer the client."""
+
+    decide: Decide
+    own_value_chosen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    """The deadline passed before a value was chosen."""
+
+    instance: int
+    reason: str
+    last_ballot: Ballot
+
+
+Effect = Broadcast | SetTimer | Chosen | GaveUp
+_FINISHED = (Phase.CHOSEN, Phase.GAVE_UP)
+
+
+class Proposer:
+    """Proposes ``value`` for ``instance`` until a value is chosen or ``deadline``."""
+
+    def __init__(
+        self,
+        *,
+        proposer_id: int,
+        instance: int,
+        value: bytes,
+        acceptor_ids: frozenset[int],
+        rng: RandomSource,
+        deadline: float,
+        config: ProposerConfig | None = None,
+        min_round: int = 0,
+    ) -> None:
+        if instance < 1:
+            raise ProtocolError(f"instance must be >= 1, got {instance}")
+        if not acceptor_ids:
+            raise ValueError("a proposer needs at least one acceptor")
+        self.proposer_id = proposer_id
+        self.instance = instance
+        self.value = value
+        self.acceptor_ids = acceptor_ids
+        self.deadline = deadline
+        self.config = config or ProposerConfig()
+        self._rng = rng
+        self.phase = Phase.BACKING_OFF
+        self.ballot = ZERO_BALLOT
+        #: The highest round seen anywhere (rejections, promises); the next ballot is above it.
+        self.highest_round_seen = min_round
+        self.attempts = 0
+        self.outcome: Chosen | GaveUp | None = None
+        self._timer_at = deadline
+        self._promises: dict[int, Promise] = {}
+        self._accepted_by: set[int] = set()
+        self._proposed_value: bytes | None = None
+        self._last_failure = "no attempt made"
+
+    # Inputs -------------------------------------------------------------
+
+    def start(self, now: float) -> list[Effect]:
+        """Begin phase 1 with the first ballot."""
+        if self.phase is not Phase.BACKING_OFF or self.attempts:
+            raise ProtocolError("start() may be called once")
+        return self._begin_phase1(now)
+
+    def on_message(self, msg: Promise | Accepted | Reject, now: float) -> list[Effect]:
+        """Feed an acceptor's reply. Stale, duplicate or late replies are ignored."""
+        if msg.instance != self.instance:
+            raise ProtocolError(
+                f"reply for instance {msg.instance} sent to the proposer of {self.instance}"
+            )
+        if msg.acceptor_id not in self.acceptor_ids:
+            raise ProtocolError(f"reply from unknown acceptor {msg.acceptor_id}")
+        if self.phase in _FINISHED or msg.ballot != self.ballot:
+            return []
+        if isinstance(msg, Reject):
+            return self._on_reject(msg, now)
+        if isinstance(msg, Promise):
+            return self._on_promise(msg, now)
+        return self._on_accepted(msg, now)
+
+    def on_timer(self, now: float) -> list[Effect]:
+        """The time requested by the last :class:`SetTimer` may have come."""
+        if self.phase in _FINISHED or now < self._timer_at:
+            return []
+        if now >= self.deadline:
+            return self._give_up()
+        if self.phase is Phase.BACKING_OFF:
+            return self._begin_phase1(now)
+        self._last_failure = (
+            f"no quorum answered {self.phase.value} for ballot {self.ballot} "
+            f"within {self.config.phase_timeout}s"
+        )
+        return self._back_off(now)
+
+    # Transitions --------------------------------------------------------
+
+    def _begin_phase1(self, now: float) -> list[Effect]:
+        self.attempts += 1
+        self.ballot = self.ballot.successor(self.proposer_id, self.highest_round_seen)
+        self.highest_round_seen = self.ballot.round
+        self.phase = Phase.PREPARING
+        self._promises = {}
+        self._accepted_by = set()
+        self._proposed_value = None
+        prepare = Prepare(self.instance, self.ballot)
+        return [Broadcast(prepare), self._arm(now + self.config.phase_timeout)]
+
+    def _on_promise(self, msg: Promise, now: float) -> list[Effect]:
+        if self.phase is not Phase.PREPARING:
+            return []
+        self._promises[msg.acceptor_id] = msg
+        if not is_quorum(self._promises, self.acceptor_ids):
+            return []
+        highest = max(self._promises.values(), key=lambda p: p.accepted_ballot)
+        if highest.accepted_value is not None:
+            self._proposed_value = highest.accepted_value
+        else:
+            self._proposed_value = self.value
+        self.phase = Phase.ACCEPTING
+        accept = Accept(self.instance, self.ballot, self._proposed_value)
+        return [Broadcast(accept), self._arm(now + self.config.phase_timeout)]
+
+    def _on_accepted(self, msg: Accepted, now: float) -> list[Effect]:
+        if self.phase is not Phase.ACCEPTING:
+            return []
+        if msg.value != self._proposed_value:
+            raise ProtocolError(
+                f"acceptor {msg.acceptor_id} reports a value ballot {msg.ballot} never carried"
+            )
+        self._accepted_by.add(msg.acceptor_id)
+        if not is_quorum(self._accepted_by, self.acceptor_ids):
+            return []
+        self.phase = Phase.CHOSEN
+        chosen = Chosen(
+            Decide(self.instance, self.ballot, msg.value),
+            own_value_chosen=msg.value == self.value,
+        )
+        self.outcome = chosen
+        return [chosen]
+
+    def _on_reject(self, msg: Reject, now: float) -> list[Effect]:
+        if msg.promised_ballot <= self.ballot:
+            # A duplicate of our own Prepare was refused; it says nothing new.
+            return []
+        self.highest_round_seen = max(self.highest_round_seen, msg.promised_ballot.round)
+        self._last_failure = (
+            f"ballot {self.ballot} preempted by {msg.promised_ballot} at acceptor {msg.acceptor_id}"
+        )
+        return self._back_off(now)
+
+    def _back_off(self, now: float) -> list[Effect]:
+        self.phase = Phase.BACKING_OFF
+        cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** min(self.attempts, 30))
+        return [self._arm(now + self._rng.uniform(0.0, cap))]
+
+    def _give_up(self) -> list[Effect]:
+        self.phase = Phase.GAVE_UP
+        gave_up = GaveUp(self.instance, f"deadline passed: {self._last_failure}", self.ballot)
+        self.outcome = gave_up
+        return [gave_up]
+
+    def _arm(self, at: float) -> SetTimer:
+        self._timer_at = min(at, self.deadline)
+        return SetTimer(self._timer_at)
