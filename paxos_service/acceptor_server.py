@@ -1,0 +1,228 @@
+"""The acceptor's gRPC server: proto in, :class:`roles.Acceptor` step, durable
+commit, proto out.
+
+Durability: a step that changes state is queued for the :class:`GroupCommitter`
+and its reply is sent only after the commit that contains it has returned.
+A reply that changes nothing (a Reject, a duplicate Accept, a read) still
+waits for every write queued before it, because it may describe that write.
+Commits happen strictly in queue order on one thread, so "my commit is done"
+implies "every earlier write is done".
+
+If a commit fails, the acceptor stops voting for good: every later request gets
+UNAVAILABLE and health turns NOT_SERVING. It never replies without persisting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import structlog
+
+from paxos_service import wire
+from paxos_service.config import AcceptorConfig
+from paxos_service.log import get_logger
+from paxos_service.server import RoleServer, bind_request, start_server
+from paxos_service.storage import AcceptorStorage, StorageError
+from paxos_service.v1 import paxos_pb2 as pb
+from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+from roles import Accepted, Acceptor, AcceptorState, Promise, ProtocolError, Reject
+
+SERVICE_NAME = "paxos_service.v1.AcceptorService"
+
+
+class GroupCommitter:
+    """Writes queued acceptor states in batches: every write that arrives while
+    a commit is running shares the next commit (and its fsync)."""
+
+    def __init__(self, storage: AcceptorStorage, executor: ThreadPoolExecutor) -> None:
+        self._storage = storage
+        self._executor = executor
+        self._pending: list[tuple[int, AcceptorState]] = []
+        self._pending_done: asyncio.Future[None] | None = None
+        self._last_done: asyncio.Future[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.failure: StorageError | None = None
+        self.commits = 0
+        self.rows = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def write(self, instance: int, state: AcceptorState) -> asyncio.Future[None]:
+        """Queue a write; the future completes once it is durable."""
+        if self._pending_done is None:
+            self._pending_done = asyncio.get_running_loop().create_future()
+        self._pending.append((instance, state))
+        self._last_done = self._pending_done
+        self._wakeup.set()
+        return self._pending_done
+
+    async def barrier(self) -> None:
+        """Wait until every write queued so far is durable."""
+        if self._last_done is not None and not self._last_done.done():
+            await asyncio.shield(self._last_done)
+        elif self._last_done is not None and self._last_done.exception() is not None:
+            raise StorageError("an earlier commit failed")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, done = self._pending, self._pending_done
+            self._pending, self._pending_done = [], None
+            if not batch or done is None:
+                continue
+            try:
+                await loop.run_in_executor(self._executor, self._storage.save, batch)
+            except StorageError as exc:
+                self.failure = exc
+                done.set_exception(exc)
+                # Fail whatever queued behind it, too, and accept no more.
+                if self._pending_done is not None:
+                    self._pending_done.set_exception(exc)
+                    self._pending, self._pending_done = [], None
+                return
+            self.commits += 1
+            self.rows += len(batch)
+            done.set_result(None)
+
+
+class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
+    def __init__(
+        self,
+        config: AcceptorConfig,
+        states: dict[int, AcceptorState],
+        committer: GroupCommitter,
+    ) -> None:
+        self.config = config
+        self.acceptor = Acceptor(config.node_id)
+        #: The latest state of each instance, including writes not yet committed.
+        #: Replies never leave before the writes they depend on are committed.
+        self.states = states
+        self.committer = committer
+        self.role_server: RoleServer | None = None
+        self._log = get_logger()
+
+    async def Prepare(
+        self, request: pb.PrepareRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PrepareResponse:
+        msg = await self._parse(context, lambda: wire.prepare_from_pb(request.prepare))
+        bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
+        step = await self._step(context, lambda s: self.acceptor.on_prepare(s, msg), msg.instance)
+        if isinstance(step, Promise):
+            return pb.PrepareResponse(promise=wire.promise_to_pb(step))
+        assert isinstance(step, Reject)
+        return pb.PrepareResponse(reject=wire.reject_to_pb(step))
+
+    async def Accept(
+        self, request: pb.AcceptRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AcceptResponse:
+        max_bytes = self.config.max_value_bytes
+        msg = await self._parse(context, lambda: wire.accept_from_pb(request.accept, max_bytes))
+        bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
+        step = await self._step(context, lambda s: self.acceptor.on_accept(s, msg), msg.instance)
+        if isinstance(step, Accepted):
+            return pb.AcceptResponse(accepted=wire.accepted_to_pb(step))
+        assert isinstance(step, Reject)
+        return pb.AcceptResponse(reject=wire.reject_to_pb(step))
+
+    async def GetAccepted(
+        self, request: pb.GetAcceptedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetAcceptedResponse:
+        instance = await self._parse(context, lambda: wire.check_instance(request.instance))
+        await self._check_voting(context)
+        state = self.states.get(instance, AcceptorState())
+        await self._wait_durable(context)
+        response = pb.GetAcceptedResponse(promised_ballot=wire.ballot_to_pb(state.promised_ballot))
+        if state.accepted_value is not None:
+            response.accepted.CopyFrom(
+                wire.accepted_to_pb(
+                    Accepted(
+                        instance, state.accepted_ballot, self.config.node_id, state.accepted_value
+                    )
+                )
+            )
+        return response
+
+    # Internals ----------------------------------------------------------
+
+    async def _parse(self, context: grpc.aio.ServicerContext[Any, Any], parse: Any) -> Any:
+        try:
+            return parse()
+        except (wire.WireError, ProtocolError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def _step(
+        self, context: grpc.aio.ServicerContext[Any, Any], step_fn: Any, instance: int
+    ) -> Promise | Accepted | Reject:
+        await self._check_voting(context)
+        try:
+            step = step_fn(self.states.get(instance, AcceptorState()))
+        except ProtocolError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if step.persist:
+            # Later messages see this state at once; nobody hears of it before it is durable.
+            self.states[instance] = step.state
+            self.committer.write(instance, step.state)
+        await self._wait_durable(context)
+        self._log.debug("replied", reply=type(step.reply).__name__, persisted=step.persist)
+        reply: Promise | Accepted | Reject = step.reply
+        return reply
+
+    async def _check_voting(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self.committer.failure is not None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"acceptor {self.config.node_id} stopped voting after a storage failure "
+                f"({self.committer.failure}); restart it once storage is healthy",
+            )
+
+    async def _wait_durable(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            await self.committer.barrier()
+        except StorageError as exc:
+            self._log.error("storage failed; acceptor stops voting", error=str(exc))
+            if self.role_server is not None:
+                await self.role_server.set_serving(False)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"acceptor {self.config.node_id} could not persist its state ({exc}); "
+                "it has stopped voting",
+            )
+
+
+async def start_acceptor(
+    config: AcceptorConfig, storage: AcceptorStorage
+) -> tuple[RoleServer, AcceptorServicer]:
+    """Load all state from ``storage`` (already opened and checked) and serve."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor-storage")
+    loop = asyncio.get_running_loop()
+    states = await loop.run_in_executor(executor, storage.load_all)
+    committer = GroupCommitter(storage, executor)
+    committer.start()
+    servicer = AcceptorServicer(config, states, committer)
+    role = await start_server(
+        config,
+        SERVICE_NAME,
+        lambda server: pb_grpc.add_AcceptorServiceServicer_to_server(servicer, server),
+    )
+    servicer.role_server = role
+    structlog.contextvars.bind_contextvars()
+    get_logger().info(
+        "acceptor serving",
+        address=config.listen,
+        port=role.port,
+        db=str(config.db_path),
+        instances=len(states),
+    )
+    return role, servicer

@@ -1,0 +1,371 @@
+"""The ``paxos`` command: run a role's server, a local cluster, or act as a client.
+
+    paxos acceptor --id ID --listen HOST:PORT --db PATH
+    paxos proposer --id ID --listen HOST:PORT --acceptors A0,A1,A2 [--learners L0,...]
+    paxos learner  --id ID --listen HOST:PORT --acceptors A0,A1,A2
+    paxos cluster  [--acceptors 3] [--proposers 2] [--learners 1] [--data-dir ./data]
+    paxos propose  --proposer HOST:PORT INSTANCE VALUE
+    paxos get      --learner HOST:PORT INSTANCE
+
+Server options fall back to ``PAXOS_<OPTION>`` environment variables. Errors
+are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from paxos_service import log
+from paxos_service.config import (
+    DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_SHUTDOWN_GRACE,
+    AcceptorConfig,
+    ConfigError,
+    LearnerConfig,
+    ProposerConfig,
+    ServerConfig,
+    parse_address,
+    parse_address_list,
+    parse_node_id,
+    parse_positive_float,
+)
+
+T = TypeVar("T")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _typed(fn: Callable[[str], T], name: str) -> Callable[[str], T]:
+    def convert(text: str) -> T:
+        try:
+            return fn(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _env(option: str) -> str | None:
+    return os.environ.get("PAXOS_" + option.upper().replace("-", "_")) or None
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise ConfigError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return convert
+
+
+def _add_server_options(parser: argparse.ArgumentParser, default_listen: str) -> None:
+    parser.add_argument(
+        "--id",
+        type=_typed(parse_node_id, "id"),
+        default=_env("id"),
+        help="node id: an integer, or a pod name ending in -<ordinal> [env PAXOS_ID]",
+    )
+    parser.add_argument(
+        "--listen",
+        type=_typed(parse_address, "address"),
+        default=_env("listen") or default_listen,
+        help=f"HOST:PORT to serve gRPC on (default {default_listen}) [env PAXOS_LISTEN]",
+    )
+    parser.add_argument(
+        "--max-value-bytes",
+        type=_typed(_int_at_least(1), "size"),
+        default=_env("max_value_bytes") or DEFAULT_MAX_VALUE_BYTES,
+        help="largest value accepted, in bytes (default 1 MiB) [env PAXOS_MAX_VALUE_BYTES]",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_typed(lambda t: parse_positive_float(t, "grace"), "seconds"),
+        default=_env("shutdown_grace") or DEFAULT_SHUTDOWN_GRACE,
+        help="seconds in-flight calls get on SIGTERM (default 5) [env PAXOS_SHUTDOWN_GRACE]",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("log_level") or "info",
+        choices=["debug", "info", "warning", "error"],
+        help="[env PAXOS_LOG_LEVEL]",
+    )
+
+
+def _add_acceptor_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--acceptors",
+        type=_typed(parse_address_list, "addresses"),
+        default=_env("acceptors"),
+        help="comma-separated acceptor addresses in id order: the i-th runs with --id i "
+        "[env PAXOS_ACCEPTORS]",
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``paxos`` parser and its subcommand parsers by name."""
+    parser = argparse.ArgumentParser(prog="paxos", description="Classic Paxos as gRPC services.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    acceptor = sub.add_parser("acceptor", help="run an acceptor (durable, SQLite)")
+    _add_server_options(acceptor, "0.0.0.0:50051")
+    acceptor.add_argument(
+        "--db", type=Path, default=_env("db"), help="SQLite file of this acceptor [env PAXOS_DB]"
+    )
+    acceptor.add_argument(
+        "--cluster-id",
+        default=_env("cluster_id") or "paxos",
+        help="name of the cluster this acceptor's file belongs to [env PAXOS_CLUSTER_ID]",
+    )
+
+    proposer = sub.add_parser("proposer", help="run a proposer")
+    _add_server_options(proposer, "0.0.0.0:50051")
+    _add_acceptor_list(proposer)
+    proposer.add_argument(
+        "--learners",
+        type=_typed(parse_address_list, "addresses"),
+        default=_env("learners"),
+        help="learners to tell about decisions [env PAXOS_LEARNERS]",
+    )
+    proposer.add_argument(
+        "--propose-timeout",
+        type=_typed(lambda t: parse_positive_float(t, "timeout"), "seconds"),
+        default=_env("propose_timeout") or 10.0,
+        help="longest a Propose may take when the client sets no deadline (default 10)",
+    )
+
+    learner = sub.add_parser("learner", help="run a learner")
+    _add_server_options(learner, "0.0.0.0:50051")
+    _add_acceptor_list(learner)
+
+    cluster = sub.add_parser("cluster", help="run a local cluster, one process per role")
+    cluster.add_argument("--acceptors", type=_typed(_int_at_least(1), "count"), default=3)
+    cluster.add_argument("--proposers", type=_typed(_int_at_least(1), "count"), default=2)
+    cluster.add_argument("--learners", type=_typed(_int_at_least(1), "count"), default=1)
+    cluster.add_argument("--data-dir", type=Path, default=Path("data"))
+    cluster.add_argument("--base-port", type=_typed(_int_at_least(1), "port"), default=50051)
+    cluster.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    cluster.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+    timeout = _typed(lambda t: parse_positive_float(t, "timeout"), "seconds")
+    propose = sub.add_parser("propose", help="propose a value for an instance")
+    propose.add_argument(
+        "--proposer",
+        type=_typed(parse_address_list, "addresses"),
+        default=_env("proposers"),
+        help="proposer address(es), comma-separated; tried in order [env PAXOS_PROPOSERS]",
+    )
+    propose.add_argument("--timeout", type=timeout, default=5.0)
+    propose.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
+    propose.add_argument("value", help="the value, as UTF-8 text")
+
+    get = sub.add_parser("get", help="read the value chosen for an instance")
+    get.add_argument(
+        "--learner",
+        type=_typed(parse_address_list, "addresses"),
+        default=_env("learners"),
+        help="learner address(es), comma-separated; tried in order [env PAXOS_LEARNERS]",
+    )
+    get.add_argument("--timeout", type=timeout, default=5.0)
+    get.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
+    return parser, dict(sub.choices)
+
+
+def _require(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) is None:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} is required (or set PAXOS_{name.upper()})")
+
+
+def _server_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "node_id": args.id,
+        "listen": args.listen,
+        "shutdown_grace": float(args.shutdown_grace),
+        "max_value_bytes": int(args.max_value_bytes),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    sub = subparsers[args.command]
+    try:
+        if args.command == "acceptor":
+            _require(sub, args, "id", "db")
+            return _run_acceptor(
+                AcceptorConfig(**_server_fields(args), db_path=args.db, cluster_id=args.cluster_id),
+                args.log_level,
+            )
+        if args.command == "proposer":
+            _require(sub, args, "id", "acceptors")
+            return _run_server(
+                ProposerConfig(
+                    **_server_fields(args),
+                    acceptors=args.acceptors,
+                    learners=args.learners or [],
+                    propose_timeout=float(args.propose_timeout),
+                ),
+                "proposer",
+                args.log_level,
+            )
+        if args.command == "learner":
+            _require(sub, args, "id", "acceptors")
+            return _run_server(
+                LearnerConfig(**_server_fields(args), acceptors=args.acceptors),
+                "learner",
+                args.log_level,
+            )
+        if args.command == "cluster":
+            from paxos_service.cluster import LocalCluster
+
+            return LocalCluster(
+                acceptors=args.acceptors,
+                proposers=args.proposers,
+                learners=args.learners,
+                data_dir=args.data_dir,
+                base_port=args.base_port,
+                host=args.host,
+                log_level=args.log_level,
+            ).run()
+        if args.command == "propose":
+            _require(sub, args, "proposer")
+            return _propose(args)
+        if args.command == "get":
+            _require(sub, args, "learner")
+            return _get(args)
+    except ConfigError as exc:
+        sub.error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    print(f"paxos: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _run_acceptor(config: AcceptorConfig, log_level: str) -> int:
+    from paxos_service.acceptor_server import start_acceptor
+    from paxos_service.sqlite_storage import SqliteAcceptorStorage
+    from paxos_service.storage import StorageCorrupt
+
+    log.configure("acceptor", config.node_id, log_level)
+    storage = SqliteAcceptorStorage(
+        config.db_path, acceptor_id=config.node_id, cluster_id=config.cluster_id
+    )
+    try:
+        storage.open()
+    except StorageCorrupt as exc:
+        log.get_logger().critical("refusing to start", error=str(exc))
+        _fail(f"acceptor {config.node_id} refuses to start: {exc}")
+    if storage.created:
+        log.get_logger().info(
+            "created a new acceptor database",
+            db=str(config.db_path),
+            incarnation=storage.incarnation,
+        )
+
+    async def serve() -> None:
+        role, servicer = await start_acceptor(config, storage)
+        try:
+            await _until_signalled(role, config.shutdown_grace)
+        finally:
+            await servicer.committer.stop()
+            storage.close()
+
+    return _serve(serve)
+
+
+def _run_server(config: ServerConfig, role_name: str, log_level: str) -> int:
+    log.configure(role_name, config.node_id, log_level)
+
+    async def serve() -> None:
+        if isinstance(config, ProposerConfig):
+            from paxos_service.proposer_server import start_proposer
+
+            role, driver = await start_proposer(config)
+            closer = driver.close
+        else:
+            assert isinstance(config, LearnerConfig)
+            from paxos_service.learner_server import start_learner
+
+            role, servicer = await start_learner(config)
+            closer = servicer.close
+        try:
+            await _until_signalled(role, config.shutdown_grace)
+        finally:
+            await closer()
+
+    return _serve(serve)
+
+
+async def _until_signalled(role: Any, grace: float) -> None:
+    from paxos_service.server import run_until_signalled
+
+    await run_until_signalled(role, grace)
+
+
+def _serve(serve: Callable[[], Any]) -> int:
+    from paxos_service.server import BindError
+
+    try:
+        asyncio.run(serve())
+    except BindError as exc:
+        log.get_logger().critical("cannot start", error=str(exc))
+        _fail(str(exc))
+    return 0
+
+
+def _propose(args: argparse.Namespace) -> int:
+    from paxos_service.client import PaxosClient, PaxosError
+
+    value = args.value.encode()
+    try:
+        with PaxosClient(proposers=args.proposer, timeout=args.timeout) as client:
+            result = client.propose_detailed(args.instance, value)
+    except PaxosError as exc:
+        _fail(str(exc))
+    print(_show(result.value))
+    if not result.own_value_chosen:
+        print(
+            f"paxos: note: instance {args.instance} had already chosen another value; "
+            "yours was not chosen",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    from paxos_service.client import PaxosClient, PaxosError
+
+    try:
+        with PaxosClient(learners=args.learner, timeout=args.timeout) as client:
+            value = client.get(args.instance)
+    except PaxosError as exc:
+        _fail(str(exc))
+    if value is None:
+        _fail(f"instance {args.instance} is not decided: no value has been chosen for it yet")
+    print(_show(value))
+    return 0
+
+
+def _show(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(value).decode()

@@ -1,0 +1,107 @@
+"""Configuration shared by the servers, the client and the CLI.
+
+Every server option can also come from an environment variable (``PAXOS_ID``,
+``PAXOS_LISTEN``, ...) so that Kubernetes can configure pods without flags.
+Parsing errors raise :class:`ConfigError` with a message that names the option.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Default cap on a proposed value, in bytes (configurable per server).
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+#: Instances are numbered from 1 and stored in signed 64-bit SQLite integers.
+MAX_INSTANCE = 2**63 - 1
+DEFAULT_SHUTDOWN_GRACE = 5.0
+
+_POD_ORDINAL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?-(\d+)$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names it."""
+
+
+def parse_node_id(text: str) -> int:
+    """A node id: a non-negative integer, or a StatefulSet pod name such as
+    ``paxos-acceptor-2`` whose trailing ordinal is the id."""
+    text = text.strip()
+    if text.isdigit():
+        value = int(text)
+    else:
+        match = _POD_ORDINAL.match(text)
+        if match is None:
+            raise ConfigError(
+                f"invalid node id {text!r}: expected an integer or a pod name ending in -<ordinal>"
+            )
+        value = int(match.group(2))
+    if value > 2**63 - 1:
+        raise ConfigError(f"node id {text!r} is too large")
+    return value
+
+
+def parse_address(text: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) with a port in 0..65535."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"invalid address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return text
+
+
+def parse_address_list(text: str) -> list[str]:
+    """A comma-separated list of addresses; empty entries are an error."""
+    parts = [p for p in (s.strip() for s in text.split(",")) if p]
+    if not parts:
+        raise ConfigError("expected a comma-separated list of HOST:PORT addresses")
+    addresses = [parse_address(p) for p in parts]
+    duplicates = {a for a in addresses if addresses.count(a) > 1}
+    if duplicates:
+        raise ConfigError(f"address listed twice: {', '.join(sorted(duplicates))}")
+    return addresses
+
+
+def parse_positive_float(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{what} must be > 0, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What every role's server needs."""
+
+    node_id: int
+    listen: str
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+
+@dataclass(frozen=True)
+class AcceptorConfig(ServerConfig):
+    db_path: Path = Path("acceptor.db")
+    cluster_id: str = "paxos"
+
+
+@dataclass(frozen=True)
+class ProposerConfig(ServerConfig):
+    #: Acceptor addresses; the acceptor at position i runs with id i.
+    acceptors: list[str] = field(default_factory=list)
+    learners: list[str] = field(default_factory=list)
+    #: Upper bound on one Propose call when the client sets no deadline.
+    propose_timeout: float = 10.0
+    #: Seconds to wait for a quorum in one phase before retrying higher.
+    phase_timeout: float = 1.0
+
+
+@dataclass(frozen=True)
+class LearnerConfig(ServerConfig):
+    acceptors: list[str] = field(default_factory=list)
+    #: Seconds to wait for acceptors when asked about an instance it was not told of.
+    read_timeout: float = 2.0

@@ -1,0 +1,128 @@
+"""What every role's gRPC server shares: health, reflection, signal handling,
+socket options and request-scoped logging."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from paxos_service.config import ServerConfig
+from paxos_service.log import get_logger, request_id_from
+
+#: Health service name for liveness probes: SERVING while the process runs.
+LIVENESS = "liveness"
+
+# Room for protobuf framing around the largest allowed value.
+_MESSAGE_OVERHEAD = 64 * 1024
+
+
+def server_options(max_value_bytes: int) -> list[tuple[str, Any]]:
+    size = max_value_bytes + _MESSAGE_OVERHEAD
+    return [
+        # grpcio turns SO_REUSEPORT on by default, which lets a second server
+        # silently share a busy port. We want that bind to fail loudly.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+    ]
+
+
+def channel_options(max_value_bytes: int) -> list[tuple[str, Any]]:
+    size = max_value_bytes + _MESSAGE_OVERHEAD
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        # Reconnect quickly to a peer that comes back after a crash.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+class BindError(RuntimeError):
+    """The listen address could not be bound (in use, or not an address here)."""
+
+
+@dataclass
+class RoleServer:
+    """A started gRPC server with its health servicer."""
+
+    server: grpc.aio.Server
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped in grpc-stubs)
+    port: int
+    service_name: str
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(self.service_name, status)
+        await self.health.set("", status)
+
+
+async def start_server(
+    config: ServerConfig,
+    service_name: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    serving: bool = True,
+) -> RoleServer:
+    """Build, bind and start a server exposing ``service_name`` plus health and
+    reflection. Raises :class:`BindError` when the address cannot be bound."""
+    server = grpc.aio.server(options=server_options(config.max_value_bytes))
+    register(server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise BindError(f"cannot listen on {config.listen}: {exc}") from exc
+    if port == 0:
+        raise BindError(f"cannot listen on {config.listen}: address in use or not available")
+    await server.start()
+    role = RoleServer(server, health_servicer, port, service_name)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    await role.set_serving(serving)
+    return role
+
+
+async def run_until_signalled(role: RoleServer, grace: float) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully: health goes
+    NOT_SERVING, new calls are refused, calls in flight get ``grace`` seconds."""
+    log = get_logger()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(role.server.wait_for_termination())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        log.info("shutting down", grace_seconds=grace)
+        await role.health.enter_graceful_shutdown()
+        await role.server.stop(grace)
+    waiter.cancel()
+    stopper.cancel()
+    log.info("stopped")
+
+
+def bind_request(context: grpc.aio.ServicerContext[Any, Any], **fields: Any) -> None:
+    """Put the request id (from ``x-request-id`` or fresh) and ``fields`` on
+    every log line of this RPC. Each RPC runs in its own task, so this is
+    scoped to the call."""
+    request_id = request_id_from(context.invocation_metadata())  # type: ignore[arg-type]
+    structlog.contextvars.bind_contextvars(request_id=request_id, **fields)

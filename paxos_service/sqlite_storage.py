@@ -1,0 +1,260 @@
+"""Acceptor storage in SQLite through SQLAlchemy Core.
+
+Durability settings (see shared FACTS and SQLite's docs):
+
+* ``journal_mode=WAL`` with ``synchronous=FULL``: the WAL is fsynced at every
+  commit, so a committed promise survives power loss. (WAL with NORMAL does not.)
+* Python 3.11's sqlite3 driver does not BEGIN on its own, so we take over
+  transaction control as SQLAlchemy's SQLite dialect docs describe, and begin
+  every transaction with ``BEGIN IMMEDIATE`` so writers never deadlock.
+
+The file also records which acceptor and cluster it belongs to; opening it as
+another acceptor or cluster is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from paxos_service.storage import StorageCorrupt, StorageError
+from roles import AcceptorState, Ballot
+
+SCHEMA_VERSION = "1"
+
+metadata = MetaData()
+
+acceptor_state = Table(
+    "acceptor_state",
+    metadata,
+    Column("instance", Integer, primary_key=True, autoincrement=False),
+    Column("promised_round", Integer, nullable=False),
+    Column("promised_proposer_id", Integer, nullable=False),
+    Column("accepted_round", Integer, nullable=False),
+    Column("accepted_proposer_id", Integer, nullable=False),
+    Column("accepted_value", LargeBinary, nullable=True),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),
+)
+
+
+class SqliteAcceptorStorage:
+    """An acceptor's state in one SQLite file. Not thread-safe: the acceptor
+    server calls it from one dedicated thread."""
+
+    def __init__(self, path: Path, *, acceptor_id: int, cluster_id: str) -> None:
+        self.path = path
+        self.acceptor_id = acceptor_id
+        self.cluster_id = cluster_id
+        self.incarnation = ""
+        self.created = False
+        self._engine = create_engine(
+            f"sqlite:///{path}",
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+        event.listen(self._engine, "connect", _on_connect)
+        event.listen(self._engine, "begin", _on_begin)
+        self._conn: Connection | None = None
+
+    def open(self) -> None:
+        """Open or create the file and check that it is ours and readable.
+
+        Raises :class:`StorageCorrupt` with a message an operator can act on.
+        """
+        existed = self.path.exists()
+        if existed and self.path.stat().st_size == 0:
+            raise StorageCorrupt(
+                f"{self.path} exists but is empty: refusing to start an acceptor with no "
+                "memory over a file that should hold its promises. If this acceptor is new, "
+                "delete the file."
+            )
+        if not existed and not self.path.parent.is_dir():
+            raise StorageCorrupt(f"directory {self.path.parent} does not exist")
+        try:
+            self._conn = self._engine.connect()
+            self._check_pragmas()
+            if existed:
+                self._check_integrity()
+                self._check_identity()
+            else:
+                self._initialise()
+        except StorageCorrupt:
+            self.close()
+            raise
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            self.close()
+            raise StorageCorrupt(
+                f"cannot open acceptor database {self.path}: {_reason(exc)}"
+            ) from exc
+
+    def load_all(self) -> dict[int, AcceptorState]:
+        conn = self._connection()
+        states: dict[int, AcceptorState] = {}
+        try:
+            with conn.begin():
+                rows = conn.execute(select(acceptor_state)).all()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageCorrupt(f"cannot read {self.path}: {_reason(exc)}") from exc
+        for row in rows:
+            try:
+                accepted = Ballot(row.accepted_round, row.accepted_proposer_id)
+                states[row.instance] = AcceptorState(
+                    promised_ballot=Ballot(row.promised_round, row.promised_proposer_id),
+                    accepted_ballot=accepted,
+                    accepted_value=row.accepted_value,
+                )
+            except (ValueError, TypeError) as exc:
+                raise StorageCorrupt(
+                    f"{self.path}: instance {row.instance} holds an impossible state: {exc}"
+                ) from exc
+        return states
+
+    def save(self, writes: Sequence[tuple[int, AcceptorState]]) -> None:
+        if not writes:
+            return
+        rows = [
+            {
+                "instance": instance,
+                "promised_round": s.promised_ballot.round,
+                "promised_proposer_id": s.promised_ballot.proposer_id,
+                "accepted_round": s.accepted_ballot.round,
+                "accepted_proposer_id": s.accepted_ballot.proposer_id,
+                "accepted_value": s.accepted_value,
+            }
+            for instance, s in writes
+        ]
+        stmt = insert(acceptor_state)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[acceptor_state.c.instance],
+            set_={c: stmt.excluded[c] for c in rows[0] if c != "instance"},
+        )
+        conn = self._connection()
+        try:
+            with conn.begin():
+                conn.execute(stmt, rows)
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot commit to {self.path}: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError, sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        self._engine.dispose()
+
+    # Internals ----------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            raise StorageError("storage is not open")
+        return self._conn
+
+    def _check_pragmas(self) -> None:
+        conn = self._connection()
+        with conn.begin():
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        if str(mode).lower() != "wal" or sync not in (2, 3):
+            raise StorageCorrupt(
+                f"{self.path}: need journal_mode=WAL and synchronous=FULL, got {mode}/{sync}"
+            )
+
+    def _check_integrity(self) -> None:
+        conn = self._connection()
+        with conn.begin():
+            result = conn.exec_driver_sql("PRAGMA quick_check").scalars().all()
+            tables = set(
+                conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'").scalars()
+            )
+        if result != ["ok"]:
+            raise StorageCorrupt(f"{self.path} failed SQLite's integrity check: {result[:3]}")
+        if not {"acceptor_state", "meta"} <= tables:
+            raise StorageCorrupt(
+                f"{self.path} is an SQLite file but not an acceptor database (tables: "
+                f"{sorted(tables) or 'none'})"
+            )
+
+    def _check_identity(self) -> None:
+        conn = self._connection()
+        with conn.begin():
+            stored = dict(conn.execute(select(meta.c.key, meta.c.value)).tuples().all())
+        if stored.get("schema_version") != SCHEMA_VERSION:
+            raise StorageCorrupt(
+                f"{self.path}: schema version {stored.get('schema_version')!r}, "
+                f"this build reads {SCHEMA_VERSION!r}"
+            )
+        if stored.get("acceptor_id") != str(self.acceptor_id):
+            raise StorageCorrupt(
+                f"{self.path} belongs to acceptor {stored.get('acceptor_id')}, not to acceptor "
+                f"{self.acceptor_id}: check --id and --db"
+            )
+        if stored.get("cluster_id") != self.cluster_id:
+            raise StorageCorrupt(
+                f"{self.path} belongs to cluster {stored.get('cluster_id')!r}, not "
+                f"{self.cluster_id!r}: check --cluster-id and --db"
+            )
+        self.incarnation = stored.get("incarnation", "")
+
+    def _initialise(self) -> None:
+        conn = self._connection()
+        self.incarnation = uuid.uuid4().hex
+        with conn.begin():
+            metadata.create_all(conn)
+            conn.execute(
+                meta.insert(),
+                [
+                    {"key": "schema_version", "value": SCHEMA_VERSION},
+                    {"key": "acceptor_id", "value": str(self.acceptor_id)},
+                    {"key": "cluster_id", "value": self.cluster_id},
+                    {"key": "incarnation", "value": self.incarnation},
+                ],
+            )
+        self.created = True
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN instead of the driver (which on
+    # Python 3.11 would not begin before SELECT or DDL at all).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
+
+
+def _on_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig)
+    return str(exc)
