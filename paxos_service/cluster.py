@@ -91,6 +91,7 @@ class LocalCluster:
         self.print_banner()
         while not self._stop.wait(0.5):
             self._report_exits()
+        self._report_exits()  # a death since the last poll is news too
         print("\nstopping the cluster ...", flush=True)
         self.stop()
         print("stopped.", flush=True)

@@ -203,7 +203,7 @@ class SqliteAcceptorStorage:
     def _check_identity(self) -> None:
         conn = self._connection()
         with conn.begin():
-            stored = dict(conn.execute(select(meta.c.key, meta.c.value)).tuples().all())
+            stored = {key: value for key, value in conn.execute(select(meta.c.key, meta.c.value))}
         if stored.get("schema_version") != SCHEMA_VERSION:
             raise StorageCorrupt(
                 f"{self.path}: schema version {stored.get('schema_version')!r}, "

@@ -1,0 +1,179 @@
+"""Real role processes for integration and end-to-end tests.
+
+Each node is ``python -m paxos_service ROLE ...`` on a free loopback port with
+its log captured to a file. Helpers wait for gRPC health (never a fixed sleep)
+and kill by PID, including SIGKILL for crash tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+STARTUP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env() -> dict[str, str]:
+    """The test's environment without PAXOS_* settings that could leak in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PAXOS_")}
+
+
+def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
+    """The health status of ``service`` at ``address``, or None if unreachable."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return None
+        status: int = response.status
+        return status
+
+
+def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate()`` until true; fail with ``what`` after ``timeout`` s."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Node:
+    role: str
+    node_id: int
+    address: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Node:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=clean_env(),
+            )
+        return self
+
+    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> Node:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"{self.role} {self.node_id} exited with {self.process.returncode}:\n"
+                    + self.log()
+                )
+            return health_status(self.address) == health_pb2.HealthCheckResponse.SERVING
+
+        wait_until(ready, timeout, f"{self.role} {self.node_id} at {self.address} to serve")
+        return self
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    """Acceptors, proposers and learners as real processes under ``workdir``."""
+
+    workdir: Path
+    nodes: list[Node] = field(default_factory=list)
+    acceptor_addresses: list[str] = field(default_factory=list)
+
+    def node(self, role: str, node_id: int, *args: str, port: int | None = None) -> Node:
+        address = f"127.0.0.1:{port or free_port()}"
+        argv = [
+            sys.executable,
+            "-m",
+            "paxos_service",
+            role,
+            "--id",
+            str(node_id),
+            "--listen",
+            address,
+            *args,
+        ]
+        log_path = self.workdir / f"{role}-{node_id}-{len(self.nodes)}.log"
+        node = Node(role, node_id, address, argv, log_path)
+        self.nodes.append(node)
+        return node
+
+    def db_path(self, acceptor_id: int) -> Path:
+        return self.workdir / f"acceptor-{acceptor_id}.db"
+
+    def start_acceptors(self, count: int) -> list[Node]:
+        acceptors = [
+            self.node("acceptor", i, "--db", str(self.db_path(i))).start() for i in range(count)
+        ]
+        self.acceptor_addresses = [a.address for a in acceptors]
+        return [a.wait_healthy() for a in acceptors]
+
+    def restart_acceptor(self, old: Node) -> Node:
+        port = int(old.address.rsplit(":", 1)[1])
+        node = self.node("acceptor", old.node_id, "--db", str(self.db_path(old.node_id)), port=port)
+        return node.start().wait_healthy()
+
+    def start_proposer(self, node_id: int, learners: list[Node] | None = None) -> Node:
+        args = ["--acceptors", ",".join(self.acceptor_addresses)]
+        if learners:
+            args += ["--learners", ",".join(n.address for n in learners)]
+        return self.node("proposer", node_id, *args).start().wait_healthy()
+
+    def start_learner(self, node_id: int) -> Node:
+        args = ["--acceptors", ",".join(self.acceptor_addresses)]
+        return self.node("learner", node_id, *args).start().wait_healthy()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.alive():
+                assert node.process is not None
+                node.process.kill()
+                node.process.wait(timeout=10)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
