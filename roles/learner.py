@@ -56,6 +56,7 @@ class Learner:
     def on_accepted(self, msg: Accepted) -> Learned | None:
         """Count one acceptor's vote. Returns the decision when this vote (or an
         earlier one) completes a majority; None while undecided."""
+        _check_instance(msg.instance)
         if msg.acceptor_id not in self.acceptor_ids:
             raise ProtocolError(f"Accepted from unknown acceptor {msg.acceptor_id}")
         if msg.ballot.is_zero:
@@ -78,6 +79,7 @@ class Learner:
 
     def on_decide(self, msg: Decide) -> Learned:
         """Record a decision a proposer observed."""
+        _check_instance(msg.instance)
         if msg.ballot.is_zero:
             raise ProtocolError(f"instance {msg.instance}: Decide with the zero ballot")
         return self._decide(Learned(msg.instance, msg.ballot, msg.value))
@@ -94,3 +96,8 @@ class Learner:
         self._decisions[learned.instance] = learned
         self._tallies.pop(learned.instance, None)
         return learned
+
+
+def _check_instance(instance: int) -> None:
+    if instance < 1:
+        raise ProtocolError(f"instance must be >= 1, got {instance}")

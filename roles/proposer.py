@@ -166,13 +166,12 @@ class Proposer:
         if self.phase in _FINISHED or now < self._timer_at:
             return []
         if now >= self.deadline:
+            if self.phase is not Phase.BACKING_OFF:
+                self._last_failure = self._waiting_for()
             return self._give_up()
         if self.phase is Phase.BACKING_OFF:
             return self._begin_phase1(now)
-        self._last_failure = (
-            f"no quorum answered {self.phase.value} for ballot {self.ballot} "
-            f"within {self.config.phase_timeout}s"
-        )
+        self._last_failure = self._waiting_for() + f" within {self.config.phase_timeout}s"
         return self._back_off(now)
 
     # Transitions --------------------------------------------------------
@@ -226,6 +225,10 @@ class Proposer:
             # A duplicate of our own Prepare was refused; it says nothing new.
             return []
         self.highest_round_seen = max(self.highest_round_seen, msg.promised_ballot.round)
+        if self.phase is Phase.BACKING_OFF:
+            # Already backing off from this ballot: another (or a duplicate)
+            # rejection must not redraw the timer.
+            return []
         self._last_failure = (
             f"ballot {self.ballot} preempted by {msg.promised_ballot} at acceptor {msg.acceptor_id}"
         )
@@ -235,6 +238,13 @@ class Proposer:
         self.phase = Phase.BACKING_OFF
         cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** min(self.attempts, 30))
         return [self._arm(now + self._rng.uniform(0.0, cap))]
+
+    def _waiting_for(self) -> str:
+        answers = self._promises if self.phase is Phase.PREPARING else self._accepted_by
+        return (
+            f"no quorum answered {self.phase.value} for ballot {self.ballot} "
+            f"({len(answers)} of {len(self.acceptor_ids)} answered)"
+        )
 
     def _give_up(self) -> list[Effect]:
         self.phase = Phase.GAVE_UP
