@@ -62,3 +62,20 @@ fmt: install
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis paxos_service/v1/*_pb2*
+
+# ---- k8s: container image and Kubernetes manifests (issue 5) ----------------
+# Appended as one block; owned by the k8s work. `make test` runs tests/k8s too.
+.PHONY: k8s-check image
+
+IMAGE ?= paxos-service:dev
+
+# Render k8s/ (base and overlays) with `kubectl kustomize`, validate it with
+# `kubernetes-validate --strict`, check its structure, and boot it as real
+# processes in network namespaces. Needs root, iproute2 and kubectl; no cluster.
+k8s-check: install
+	$(BIN)/python -m pytest tests/k8s -q $(PYTEST_ARGS)
+
+# Needs a Docker engine (CI has none); does not need the virtualenv.
+image:
+	docker build -t $(IMAGE) .
+# ---- end k8s -----------------------------------------------------------------

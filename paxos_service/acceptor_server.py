@@ -15,6 +15,7 @@ UNAVAILABLE and health turns NOT_SERVING. It never replies without persisting.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,9 +29,20 @@ from paxos_service.server import RoleServer, bind_request, start_server
 from paxos_service.storage import AcceptorStorage, StorageError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
-from roles import Accepted, Acceptor, AcceptorState, Promise, ProtocolError, Reject
+from roles import (
+    Accepted,
+    Acceptor,
+    AcceptorState,
+    Promise,
+    PromiseRange,
+    ProtocolError,
+    RangePromise,
+    Reject,
+)
 
 SERVICE_NAME = "paxos_service.v1.AcceptorService"
+#: Most entries one GetAcceptedRange returns.
+_RANGE_LIMIT = 1000
 
 
 class GroupCommitter:
@@ -41,6 +53,7 @@ class GroupCommitter:
         self._storage = storage
         self._executor = executor
         self._pending: list[tuple[int, AcceptorState]] = []
+        self._pending_range: RangePromise | None = None
         self._pending_done: asyncio.Future[None] | None = None
         self._last_done: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
@@ -59,9 +72,17 @@ class GroupCommitter:
 
     def write(self, instance: int, state: AcceptorState) -> asyncio.Future[None]:
         """Queue a write; the future completes once it is durable."""
+        self._pending.append((instance, state))
+        return self._enqueued()
+
+    def write_range_promise(self, promise: RangePromise) -> asyncio.Future[None]:
+        """Queue the new range promise (it only grows, so the latest wins)."""
+        self._pending_range = promise
+        return self._enqueued()
+
+    def _enqueued(self) -> asyncio.Future[None]:
         if self._pending_done is None:
             self._pending_done = asyncio.get_running_loop().create_future()
-        self._pending.append((instance, state))
         self._last_done = self._pending_done
         self._wakeup.set()
         return self._pending_done
@@ -78,19 +99,21 @@ class GroupCommitter:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            batch, done = self._pending, self._pending_done
-            self._pending, self._pending_done = [], None
-            if not batch or done is None:
+            batch, promise, done = self._pending, self._pending_range, self._pending_done
+            self._pending, self._pending_range, self._pending_done = [], None, None
+            if done is None:
                 continue
             try:
-                await loop.run_in_executor(self._executor, self._storage.save, batch)
-            except StorageError as exc:
-                self.failure = exc
-                done.set_exception(exc)
+                await loop.run_in_executor(self._executor, self._storage.save, batch, promise)
+            except Exception as exc:  # any failure to commit means: stop voting
+                failure = exc if isinstance(exc, StorageError) else StorageError(repr(exc))
+                get_logger().critical("commit failed; acceptor stops voting", error=str(failure))
+                self.failure = failure
+                done.set_exception(failure)
                 # Fail whatever queued behind it, too, and accept no more.
                 if self._pending_done is not None:
-                    self._pending_done.set_exception(exc)
-                    self._pending, self._pending_done = [], None
+                    self._pending_done.set_exception(failure)
+                    self._pending, self._pending_range, self._pending_done = [], None, None
                 return
             self.commits += 1
             self.rows += len(batch)
@@ -103,12 +126,17 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         config: AcceptorConfig,
         states: dict[int, AcceptorState],
         committer: GroupCommitter,
+        range_promise: RangePromise | None = None,
     ) -> None:
         self.config = config
         self.acceptor = Acceptor(config.node_id)
         #: The latest state of each instance, including writes not yet committed.
         #: Replies never leave before the writes they depend on are committed.
         self.states = states
+        #: Instances with state, sorted, for range reads.
+        self._instances = sorted(states)
+        #: The Multi-Paxos promise for every instance >= its from_instance.
+        self.range_promise = range_promise or RangePromise()
         self.committer = committer
         self.role_server: RoleServer | None = None
         self._log = get_logger()
@@ -118,7 +146,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     ) -> pb.PrepareResponse:
         msg = await self._parse(context, lambda: wire.prepare_from_pb(request.prepare))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
-        step = await self._step(context, lambda s: self.acceptor.on_prepare(s, msg), msg.instance)
+        floor = self.range_promise.floor(msg.instance)
+        step = await self._step(
+            context, lambda s: self.acceptor.on_prepare(s, msg, floor), msg.instance
+        )
         if isinstance(step, Promise):
             return pb.PrepareResponse(promise=wire.promise_to_pb(step))
         assert isinstance(step, Reject)
@@ -130,7 +161,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         max_bytes = self.config.max_value_bytes
         msg = await self._parse(context, lambda: wire.accept_from_pb(request.accept, max_bytes))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
-        step = await self._step(context, lambda s: self.acceptor.on_accept(s, msg), msg.instance)
+        floor = self.range_promise.floor(msg.instance)
+        step = await self._step(
+            context, lambda s: self.acceptor.on_accept(s, msg, floor), msg.instance
+        )
         if isinstance(step, Accepted):
             return pb.AcceptResponse(accepted=wire.accepted_to_pb(step))
         assert isinstance(step, Reject)
@@ -154,6 +188,48 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             )
         return response
 
+    async def PrepareRange(
+        self, request: pb.PrepareRangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PrepareRangeResponse:
+        msg = await self._parse(context, lambda: wire.prepare_range_from_pb(request.prepare))
+        bind_request(context, instance=msg.from_instance, ballot=str(msg.ballot))
+        await self._check_voting(context)
+        start = bisect.bisect_left(self._instances, msg.from_instance)
+        later = {i: self.states[i] for i in self._instances[start:]}
+        try:
+            step = self.acceptor.on_prepare_range(self.range_promise, later, msg)
+        except ProtocolError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if step.persist:
+            self.range_promise = step.range_promise
+            self.committer.write_range_promise(step.range_promise)
+        await self._wait_durable(context)
+        if isinstance(step.reply, PromiseRange):
+            self._log.info("promised range", accepted=len(step.reply.accepted))
+            return pb.PrepareRangeResponse(promise=wire.promise_range_to_pb(step.reply))
+        return pb.PrepareRangeResponse(reject=wire.reject_to_pb(step.reply))
+
+    async def GetAcceptedRange(
+        self, request: pb.GetAcceptedRangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetAcceptedRangeResponse:
+        start_instance = await self._parse(
+            context, lambda: wire.check_instance(request.from_instance)
+        )
+        await self._check_voting(context)
+        limit = min(request.limit or _RANGE_LIMIT, _RANGE_LIMIT)
+        entries = []
+        for instance in self._instances[bisect.bisect_left(self._instances, start_instance) :]:
+            state = self.states[instance]
+            if state.accepted_value is None:
+                continue
+            entries.append(
+                Accepted(instance, state.accepted_ballot, self.config.node_id, state.accepted_value)
+            )
+            if len(entries) >= limit:
+                break
+        await self._wait_durable(context)
+        return pb.GetAcceptedRangeResponse(accepted=[wire.accepted_to_pb(a) for a in entries])
+
     # Internals ----------------------------------------------------------
 
     async def _parse(self, context: grpc.aio.ServicerContext[Any, Any], parse: Any) -> Any:
@@ -172,6 +248,8 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if step.persist:
             # Later messages see this state at once; nobody hears of it before it is durable.
+            if instance not in self.states:
+                bisect.insort(self._instances, instance)
             self.states[instance] = step.state
             self.committer.write(instance, step.state)
         await self._wait_durable(context)
@@ -208,9 +286,10 @@ async def start_acceptor(
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor-storage")
     loop = asyncio.get_running_loop()
     states = await loop.run_in_executor(executor, storage.load_all)
+    range_promise = await loop.run_in_executor(executor, storage.load_range_promise)
     committer = GroupCommitter(storage, executor)
     committer.start()
-    servicer = AcceptorServicer(config, states, committer)
+    servicer = AcceptorServicer(config, states, committer, range_promise)
     role = await start_server(
         config,
         SERVICE_NAME,

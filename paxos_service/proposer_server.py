@@ -281,6 +281,22 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
         )
 
 
+    async def Append(
+        self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AppendResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the replicated log is not enabled")
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HeartbeatResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the replicated log is not enabled")
+
+    async def GetLeader(
+        self, request: pb.GetLeaderRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetLeaderResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the replicated log is not enabled")
+
+
 async def start_proposer(config: ProposerConfig) -> tuple[RoleServer, ProposerDriver]:
     driver = ProposerDriver(config)
     servicer = ProposerServicer(driver)

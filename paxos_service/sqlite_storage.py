@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from paxos_service.storage import StorageCorrupt, StorageError
-from roles import AcceptorState, Ballot
+from roles import AcceptorState, Ballot, RangePromise
 
 SCHEMA_VERSION = "1"
 
@@ -53,6 +53,16 @@ acceptor_state = Table(
     Column("accepted_round", Integer, nullable=False),
     Column("accepted_proposer_id", Integer, nullable=False),
     Column("accepted_value", LargeBinary, nullable=True),
+)
+
+# One row (id = 1) at most: the acceptor-wide Multi-Paxos promise.
+range_promise_table = Table(
+    "range_promise",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("from_instance", Integer, nullable=False),
+    Column("promised_round", Integer, nullable=False),
+    Column("promised_proposer_id", Integer, nullable=False),
 )
 
 meta = Table(
@@ -102,6 +112,8 @@ class SqliteAcceptorStorage:
             if existed:
                 self._check_integrity()
                 self._check_identity()
+                with self._connection().begin():
+                    metadata.create_all(self._connection())  # tables added since
             else:
                 self._initialise()
         except StorageCorrupt:
@@ -135,31 +147,53 @@ class SqliteAcceptorStorage:
                 ) from exc
         return states
 
-    def save(self, writes: Sequence[tuple[int, AcceptorState]]) -> None:
-        if not writes:
-            return
-        rows = [
-            {
-                "instance": instance,
-                "promised_round": s.promised_ballot.round,
-                "promised_proposer_id": s.promised_ballot.proposer_id,
-                "accepted_round": s.accepted_ballot.round,
-                "accepted_proposer_id": s.accepted_ballot.proposer_id,
-                "accepted_value": s.accepted_value,
-            }
-            for instance, s in writes
-        ]
-        stmt = insert(acceptor_state)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[acceptor_state.c.instance],
-            set_={c: stmt.excluded[c] for c in rows[0] if c != "instance"},
-        )
+    def load_range_promise(self) -> RangePromise:
         conn = self._connection()
         try:
             with conn.begin():
-                conn.execute(stmt, rows)
+                row = conn.execute(select(range_promise_table)).first()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageCorrupt(f"cannot read {self.path}: {_reason(exc)}") from exc
+        if row is None:
+            return RangePromise()
+        try:
+            ballot = Ballot(row.promised_round, row.promised_proposer_id)
+        except ValueError as exc:
+            raise StorageCorrupt(f"{self.path}: impossible range promise: {exc}") from exc
+        return RangePromise(row.from_instance, ballot)
+
+    def save(
+        self,
+        writes: Sequence[tuple[int, AcceptorState]],
+        range_promise: RangePromise | None = None,
+    ) -> None:
+        if not writes and range_promise is None:
+            return
+        conn = self._connection()
+        try:
+            with conn.begin():
+                if writes:
+                    conn.execute(self._upsert_states(), _state_rows(writes))
+                if range_promise is not None:
+                    conn.execute(self._upsert_range_promise(), [_range_row(range_promise)])
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot commit to {self.path}: {_reason(exc)}") from exc
+
+    @staticmethod
+    def _upsert_states() -> Any:
+        stmt = insert(acceptor_state)
+        return stmt.on_conflict_do_update(
+            index_elements=[acceptor_state.c.instance],
+            set_={c.name: stmt.excluded[c.name] for c in acceptor_state.c if c.name != "instance"},
+        )
+
+    @staticmethod
+    def _upsert_range_promise() -> Any:
+        stmt = insert(range_promise_table)
+        return stmt.on_conflict_do_update(
+            index_elements=[range_promise_table.c.id],
+            set_={c.name: stmt.excluded[c.name] for c in range_promise_table.c if c.name != "id"},
+        )
 
     def close(self) -> None:
         if self._conn is not None:
@@ -236,6 +270,29 @@ class SqliteAcceptorStorage:
                 ],
             )
         self.created = True
+
+
+def _state_rows(writes: Sequence[tuple[int, AcceptorState]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "instance": instance,
+            "promised_round": s.promised_ballot.round,
+            "promised_proposer_id": s.promised_ballot.proposer_id,
+            "accepted_round": s.accepted_ballot.round,
+            "accepted_proposer_id": s.accepted_ballot.proposer_id,
+            "accepted_value": s.accepted_value,
+        }
+        for instance, s in writes
+    ]
+
+
+def _range_row(promise: RangePromise) -> dict[str, Any]:
+    return {
+        "id": 1,
+        "from_instance": promise.from_instance,
+        "promised_round": promise.ballot.round,
+        "promised_proposer_id": promise.ballot.proposer_id,
+    }
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from roles import AcceptorState
+from roles import AcceptorState, RangePromise
 
 
 class StorageError(Exception):
@@ -32,8 +32,17 @@ class AcceptorStorage(Protocol):
         """Every instance's state, as last saved."""
         ...
 
-    def save(self, writes: Sequence[tuple[int, AcceptorState]]) -> None:
-        """Durably store ``(instance, state)`` pairs in one transaction."""
+    def load_range_promise(self) -> RangePromise:
+        """The Multi-Paxos range promise, as last saved (none: ZERO ballot)."""
+        ...
+
+    def save(
+        self,
+        writes: Sequence[tuple[int, AcceptorState]],
+        range_promise: RangePromise | None = None,
+    ) -> None:
+        """Durably store ``(instance, state)`` pairs, and the range promise if
+        given, in one transaction."""
         ...
 
     def close(self) -> None: ...

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from paxos_service.config import MAX_INSTANCE
 from paxos_service.v1 import paxos_pb2 as pb
-from roles import Accept, Accepted, Ballot, Decide, Prepare, Promise, Reject
+from roles import (
+    Accept,
+    Accepted,
+    Ballot,
+    Decide,
+    Prepare,
+    PrepareRange,
+    Promise,
+    PromiseRange,
+    Reject,
+)
 from roles.ballot import MAX_BALLOT_FIELD
 
 
@@ -146,3 +156,39 @@ def accept_response_from_pb(msg: pb.AcceptResponse) -> Accepted | Reject:
     if msg.HasField("reject"):
         return reject_from_pb(msg.reject)
     raise WireError("AcceptResponse carries neither an accepted nor a reject")
+
+
+def prepare_range_from_pb(msg: pb.PrepareRange) -> PrepareRange:
+    return PrepareRange(
+        check_instance(msg.from_instance), ballot_from_pb(msg.ballot, required=True)
+    )
+
+
+def prepare_range_to_pb(msg: PrepareRange) -> pb.PrepareRange:
+    return pb.PrepareRange(from_instance=msg.from_instance, ballot=ballot_to_pb(msg.ballot))
+
+
+def promise_range_to_pb(msg: PromiseRange) -> pb.PromiseRange:
+    return pb.PromiseRange(
+        from_instance=msg.from_instance,
+        ballot=ballot_to_pb(msg.ballot),
+        acceptor_id=msg.acceptor_id,
+        accepted=[accepted_to_pb(a) for a in msg.accepted],
+    )
+
+
+def promise_range_from_pb(msg: pb.PromiseRange) -> PromiseRange:
+    return PromiseRange(
+        msg.from_instance,
+        ballot_from_pb(msg.ballot, required=True),
+        msg.acceptor_id,
+        tuple(accepted_from_pb(a) for a in msg.accepted),
+    )
+
+
+def prepare_range_response_from_pb(msg: pb.PrepareRangeResponse) -> PromiseRange | Reject:
+    if msg.HasField("promise"):
+        return promise_range_from_pb(msg.promise)
+    if msg.HasField("reject"):
+        return reject_from_pb(msg.reject)
+    raise WireError("PrepareRangeResponse carries neither a promise nor a reject")

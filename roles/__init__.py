@@ -11,11 +11,20 @@ Roles:
     :class:`Learner`   finds out which value is chosen.
 """
 
-from roles.acceptor import Acceptor, AcceptorState, AcceptorStep
+from roles.acceptor import Acceptor, AcceptorState, AcceptorStep, RangePromise, RangeStep
 from roles.ballot import ZERO_BALLOT, Ballot
 from roles.errors import ProtocolError, SafetyViolation
 from roles.learner import Learned, Learner
-from roles.messages import Accept, Accepted, Decide, Prepare, Promise, Reject
+from roles.messages import (
+    Accept,
+    Accepted,
+    Decide,
+    Prepare,
+    PrepareRange,
+    Promise,
+    PromiseRange,
+    Reject,
+)
 from roles.proposer import (
     Broadcast,
     Chosen,
@@ -46,11 +55,15 @@ __all__ = [
     "Learner",
     "Phase",
     "Prepare",
+    "PrepareRange",
     "Promise",
+    "PromiseRange",
     "Proposer",
     "ProposerConfig",
     "ProtocolError",
     "RandomSource",
+    "RangePromise",
+    "RangeStep",
     "Reject",
     "SafetyViolation",
     "SetTimer",

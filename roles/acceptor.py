@@ -8,6 +8,12 @@ Rules ("Paxos Made Simple", section 2.2, with the usual strengthening):
                                              accepted := (n, v); Accepted(n, v)
                  else                      -> Reject(promised_ballot)
 
+Multi-Paxos ("Paxos Made Simple", section 3) adds one acceptor-wide promise,
+the :class:`RangePromise`: PrepareRange(n, b) promises b for every instance
+>= n at once. Each instance's effective promise is the higher of its own
+promised_ballot and the range promise's ballot (the ``floor``), and the range
+promise only ever grows: a higher ballot, over the union of the two ranges.
+
 The acceptor keeps one :class:`AcceptorState` per instance. Every step returns
 the new state, the reply and whether the state changed. **The caller must make a
 changed state durable before sending the reply**: an acceptor that forgets a
@@ -20,11 +26,21 @@ can never win it again at another, because the two majorities intersect.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from roles.ballot import ZERO_BALLOT, Ballot
 from roles.errors import ProtocolError
-from roles.messages import Accept, Accepted, AcceptorReply, Prepare, Promise, Reject
+from roles.messages import (
+    Accept,
+    Accepted,
+    AcceptorReply,
+    Prepare,
+    PrepareRange,
+    Promise,
+    PromiseRange,
+    Reject,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +56,29 @@ class AcceptorState:
             raise ValueError("accepted_ballot can never exceed promised_ballot")
         if self.accepted_ballot.is_zero != (self.accepted_value is None):
             raise ValueError("accepted_value is set exactly when accepted_ballot is")
+
+
+@dataclass(frozen=True, slots=True)
+class RangePromise:
+    """The acceptor-wide Multi-Paxos promise: ``ballot`` for every instance >=
+    ``from_instance``. ZERO ballot means there is none."""
+
+    from_instance: int = 1
+    ballot: Ballot = ZERO_BALLOT
+
+    def floor(self, instance: int) -> Ballot:
+        """The ballot this promise imposes on ``instance``."""
+        return self.ballot if instance >= self.from_instance else ZERO_BALLOT
+
+
+@dataclass(frozen=True, slots=True)
+class RangeStep:
+    """The result of a PrepareRange: the new range promise, the reply, and
+    whether it changed (persist before replying, as always)."""
+
+    range_promise: RangePromise
+    reply: PromiseRange | Reject
+    persist: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +98,12 @@ class Acceptor:
     def __init__(self, acceptor_id: int) -> None:
         self.acceptor_id = acceptor_id
 
-    def on_prepare(self, state: AcceptorState, msg: Prepare) -> AcceptorStep:
+    def on_prepare(
+        self, state: AcceptorState, msg: Prepare, floor: Ballot = ZERO_BALLOT
+    ) -> AcceptorStep:
+        """``floor`` is the range promise's ballot for this instance, if any."""
         _check_ballot(msg.ballot, msg.instance)
-        if msg.ballot > state.promised_ballot:
+        if msg.ballot > max(state.promised_ballot, floor):
             new = AcceptorState(msg.ballot, state.accepted_ballot, state.accepted_value)
             promise = Promise(
                 instance=msg.instance,
@@ -71,12 +113,17 @@ class Acceptor:
                 accepted_value=state.accepted_value,
             )
             return AcceptorStep(new, promise, persist=True)
-        return AcceptorStep(state, self._reject(msg.instance, msg.ballot, state), persist=False)
+        reject = self._reject(msg.instance, msg.ballot, state, floor)
+        return AcceptorStep(state, reject, persist=False)
 
-    def on_accept(self, state: AcceptorState, msg: Accept) -> AcceptorStep:
+    def on_accept(
+        self, state: AcceptorState, msg: Accept, floor: Ballot = ZERO_BALLOT
+    ) -> AcceptorStep:
+        """``floor`` is the range promise's ballot for this instance, if any."""
         _check_ballot(msg.ballot, msg.instance)
-        if msg.ballot < state.promised_ballot:
-            return AcceptorStep(state, self._reject(msg.instance, msg.ballot, state), persist=False)
+        if msg.ballot < max(state.promised_ballot, floor):
+            reject = self._reject(msg.instance, msg.ballot, state, floor)
+            return AcceptorStep(state, reject, persist=False)
         if msg.ballot == state.accepted_ballot and msg.value != state.accepted_value:
             # A proposer sends exactly one value per ballot; two means a broken peer.
             raise ProtocolError(
@@ -87,8 +134,42 @@ class Acceptor:
         # A duplicate Accept leaves the state as it was: nothing new to persist.
         return AcceptorStep(new, accepted, persist=new != state)
 
-    def _reject(self, instance: int, ballot: Ballot, state: AcceptorState) -> Reject:
-        return Reject(instance, ballot, self.acceptor_id, state.promised_ballot)
+    def on_prepare_range(
+        self,
+        range_promise: RangePromise,
+        states: Mapping[int, AcceptorState],
+        msg: PrepareRange,
+    ) -> RangeStep:
+        """Promise ``msg.ballot`` for every instance >= ``msg.from_instance``.
+
+        ``states`` must hold every instance >= ``msg.from_instance`` that has
+        state (others are fresh). The ballot must beat the range promise and
+        every one of those instances' own promises.
+        """
+        _check_ballot(msg.ballot, msg.from_instance)
+        highest = range_promise.ballot
+        for instance, state in states.items():
+            if instance >= msg.from_instance and state.promised_ballot > highest:
+                highest = state.promised_ballot
+        if msg.ballot <= highest:
+            reject = Reject(msg.from_instance, msg.ballot, self.acceptor_id, highest)
+            return RangeStep(range_promise, reject, persist=False)
+        start = msg.from_instance
+        if not range_promise.ballot.is_zero:
+            # Never shrink: instances the old promise covered stay covered.
+            start = min(start, range_promise.from_instance)
+        accepted = tuple(
+            Accepted(instance, state.accepted_ballot, self.acceptor_id, state.accepted_value)
+            for instance, state in sorted(states.items())
+            if instance >= msg.from_instance and state.accepted_value is not None
+        )
+        promise = PromiseRange(msg.from_instance, msg.ballot, self.acceptor_id, accepted)
+        return RangeStep(RangePromise(start, msg.ballot), promise, persist=True)
+
+    def _reject(
+        self, instance: int, ballot: Ballot, state: AcceptorState, floor: Ballot = ZERO_BALLOT
+    ) -> Reject:
+        return Reject(instance, ballot, self.acceptor_id, max(state.promised_ballot, floor))
 
 
 def _check_ballot(ballot: Ballot, instance: int) -> None:

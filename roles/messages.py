@@ -70,4 +70,24 @@ class Decide:
     value: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class PrepareRange:
+    """Multi-Paxos phase 1a: promise ``ballot`` for every instance >= ``from_instance``."""
+
+    from_instance: int
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class PromiseRange:
+    """Multi-Paxos phase 1b: ``acceptor_id`` promised ``ballot`` for every
+    instance >= ``from_instance``; ``accepted`` lists its accepted proposals
+    there, in instance order."""
+
+    from_instance: int
+    ballot: Ballot
+    acceptor_id: int
+    accepted: tuple[Accepted, ...] = ()
+
+
 AcceptorReply = Promise | Accepted | Reject

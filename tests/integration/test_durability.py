@@ -68,7 +68,8 @@ def test_corrupt_database_refuses_to_start(cluster: Cluster) -> None:
     db.write_bytes(bytes(data))
     stderr = _start_acceptor_expecting_refusal(db)
     assert "refuses to start" in stderr
-    assert "integrity check" in stderr
+    # Depending on which page was hit, SQLite's quick_check or its first read notices.
+    assert "integrity check" in stderr or "database disk image is malformed" in stderr
 
 
 @pytest.mark.parametrize(

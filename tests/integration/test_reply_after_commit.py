@@ -15,7 +15,7 @@ from paxos_service.config import AcceptorConfig
 from paxos_service.sqlite_storage import SqliteAcceptorStorage
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
-from roles import AcceptorState
+from roles import AcceptorState, RangePromise
 
 
 class GatedStorage(SqliteAcceptorStorage):
@@ -27,10 +27,14 @@ class GatedStorage(SqliteAcceptorStorage):
         self.saving = threading.Event()
         self.batches: list[int] = []
 
-    def save(self, writes: Sequence[tuple[int, AcceptorState]]) -> None:
+    def save(
+        self,
+        writes: Sequence[tuple[int, AcceptorState]],
+        range_promise: RangePromise | None = None,
+    ) -> None:
         self.saving.set()
         self.gate.wait(timeout=30)
-        super().save(writes)
+        super().save(writes, range_promise)
         self.batches.append(len(writes))
 
 

@@ -1,0 +1,362 @@
+"""Schema and structure of the rendered manifests, for every kustomization.
+
+Each test names a way consensus deployments on Kubernetes are known to fail
+(pod IPs that change, probes that kill slow nodes, rolling updates that take
+a quorum down, ...) and checks that the manifests rule it out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from . import manifests as mf
+
+VALIDATE_VERSIONS = [
+    # The oldest Kubernetes with GA gRPC probes, and the newest schema we have.
+    "1.27.0",
+    "1.37.0",
+]
+ROLES = tuple(mf.READINESS_SERVICE)
+IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
+
+
+@pytest.fixture(params=list(mf.KUSTOMIZATIONS))
+def m(request: pytest.FixtureRequest, rendered: dict[str, mf.Manifests]) -> mf.Manifests:
+    return rendered[request.param]
+
+
+def env_of(m: mf.Manifests, sts: mf.Obj, ordinal: int = 0) -> dict[str, str]:
+    facts = mf.PodFacts(
+        name=f"{sts['metadata']['name']}-{ordinal}",
+        namespace=mf.namespace_of(sts),
+        ip="10.244.0.10",
+        labels=mf.pod_labels(sts, ordinal),
+    )
+    return mf.container_env(m, mf.only_container(sts), facts)
+
+
+def grpc_port(container: mf.Obj) -> int:
+    return mf.container_port(container, "grpc")
+
+
+def pod_containers(m: mf.Manifests) -> Iterator[tuple[mf.Obj, mf.Obj]]:
+    for sts in m.statefulsets:
+        for container in sts["spec"]["template"]["spec"]["containers"]:
+            yield sts, container
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Schema
+
+
+def test_kubectl_missing_is_a_clear_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(mf.ManifestError, match="Install a kubectl client"):
+        mf.kubectl()
+
+
+@pytest.mark.parametrize("version", VALIDATE_VERSIONS)
+@pytest.mark.parametrize("kustomization", list(mf.KUSTOMIZATIONS))
+def test_kubernetes_validate_strict(kustomization: str, version: str) -> None:
+    """`kubectl kustomize DIR | kubernetes-validate --strict -`: unknown or
+    misspelt fields (publishNotReadyAdresses), a named port in a gRPC probe,
+    wrong types."""
+    validate = shutil.which("kubernetes-validate", path=str(mf.REPO / ".venv" / "bin"))
+    validate = validate or shutil.which("kubernetes-validate")
+    if validate is None:
+        pytest.fail("kubernetes-validate is missing: pip install kubernetes-validate", False)
+    kubectl = subprocess.Popen(
+        [mf.kubectl(), "kustomize", str(mf.KUSTOMIZATIONS[kustomization])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert kubectl.stdout is not None
+    check = subprocess.run(
+        [validate, "--strict", "--quiet", "-k", version, "-"],
+        stdin=kubectl.stdout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    kubectl.stdout.close()
+    _, kubectl_err = kubectl.communicate(timeout=60)
+    assert kubectl.returncode == 0, kubectl_err.decode()
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_object_is_namespaced_consistently(m: mf.Manifests) -> None:
+    spaces = {mf.namespace_of(o) for o in m.objects if o["kind"] != "Namespace"}
+    assert len(spaces) == 1, f"objects spread over namespaces {spaces}"
+
+
+# ---------------------------------------------------------------------------
+# Identity and addressing
+
+
+def test_each_role_is_one_parallel_statefulset(m: mf.Manifests) -> None:
+    """Proposer ids must be unique for ballots and acceptor ids are the
+    membership: both come from StatefulSet ordinals. Parallel start, because
+    a new cluster needs a quorum up before any acceptor is useful."""
+    assert sorted(mf.role_of(s) for s in m.statefulsets) == sorted(ROLES)
+    for sts in m.statefulsets:
+        assert sts["spec"].get("podManagementPolicy") == "Parallel", sts["metadata"]["name"]
+
+
+def test_pod_id_comes_from_the_pod_name(m: mf.Manifests) -> None:
+    """PAXOS_ID is the downward-API pod name, so pod <sts>-<i> runs as id i."""
+    for sts in m.statefulsets:
+        (var,) = [v for v in mf.only_container(sts).get("env", []) if v["name"] == "PAXOS_ID"]
+        field = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        assert field in ("metadata.name", "metadata.labels['apps.kubernetes.io/pod-index']")
+        for ordinal in range(mf.replicas(sts)):
+            pod_id = env_of(m, sts, ordinal)["PAXOS_ID"]
+            assert re.fullmatch(rf"(.*-)?{ordinal}", pod_id), pod_id
+
+
+def test_headless_services_publish_not_ready_addresses(m: mf.Manifests) -> None:
+    """Peers are found by stable DNS names. The names must exist before the
+    pods are ready: readiness says whether an acceptor votes, not whether it
+    can be reached."""
+    for sts in m.statefulsets:
+        svc = mf.governing_service(m, sts)
+        assert svc["spec"].get("publishNotReadyAddresses") is True, svc["metadata"]["name"]
+
+
+def test_client_services_front_proposers_and_learners(m: mf.Manifests) -> None:
+    for role in ("proposer", "learner"):
+        svc, port = mf.client_service(m, role)
+        assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+        container = mf.only_container(mf.sts_of_role(m, role))
+        (spec_port,) = svc["spec"]["ports"]
+        assert mf.container_port(container, spec_port["targetPort"]) == grpc_port(container)
+        assert port > 0
+
+
+def _peer_list(m: mf.Manifests, env: dict[str, str], key: str, role: str) -> None:
+    """`key` names every pod of `role`, by a DNS name of that pod, in ordinal order."""
+    target = mf.sts_of_role(m, role)
+    mf.governing_service(m, target)  # which is what makes these names exist
+    subdomain = target["spec"]["serviceName"]
+    entries = env[key].split(",")
+    assert len(entries) == mf.replicas(target), f"{key}={env[key]}: one entry per {role} replica"
+    for ordinal, entry in enumerate(entries):
+        host, port = host_port(entry)
+        pod = f"{target['metadata']['name']}-{ordinal}"
+        names = mf.pod_dns_names(pod, subdomain, mf.namespace_of(target))
+        assert host in names, f"{key} entry {ordinal} is {host!r}; expected one of {names}"
+        assert port == grpc_port(mf.only_container(target))
+
+
+def test_peer_lists_name_every_acceptor_and_learner_in_ordinal_order(m: mf.Manifests) -> None:
+    """Acceptor i runs with id i, so the i-th entry of PAXOS_ACCEPTORS must be
+    pod paxos-acceptor-i; and the list must match the replica count."""
+    for role in ("proposer", "learner"):
+        _peer_list(m, env_of(m, mf.sts_of_role(m, role)), "PAXOS_ACCEPTORS", "acceptor")
+    _peer_list(m, env_of(m, mf.sts_of_role(m, "proposer")), "PAXOS_LEARNERS", "learner")
+
+
+def test_no_ip_literals_in_configuration(m: mf.Manifests) -> None:
+    """Pod IPs change on every reschedule; peers must be DNS names."""
+    for sts in m.statefulsets:
+        for key, value in env_of(m, sts).items():
+            if key == "PAXOS_LISTEN":
+                host, _ = host_port(value)
+                assert host in ("0.0.0.0", "::"), f"listen on all interfaces, not {host}"
+                continue
+            assert not IPV4.search(value), f"{sts['metadata']['name']} {key}={value}"
+            for entry in value.split(","):
+                if ":" in entry:
+                    assert not is_ip(host_port(entry)[0]), f"{sts['metadata']['name']} {key}"
+    for cm in m.of_kind("ConfigMap"):
+        for key, value in (cm.get("data") or {}).items():
+            assert not IPV4.search(str(value)), f"ConfigMap {cm['metadata']['name']} {key}"
+
+
+def test_servers_listen_on_the_probed_port(m: mf.Manifests) -> None:
+    """The kubelet probes the pod IP, so the server must listen on all
+    interfaces and on the port the probes use."""
+    for sts in m.statefulsets:
+        host, port = host_port(env_of(m, sts)["PAXOS_LISTEN"])
+        assert host in ("0.0.0.0", "::")
+        assert port == grpc_port(mf.only_container(sts))
+
+
+def test_acceptors_have_a_cluster_id(m: mf.Manifests) -> None:
+    """Acceptors record the cluster id (issue 5 part 3), so a volume from
+    another cluster is recognised; it comes from the shared ConfigMap."""
+    sts = mf.sts_of_role(m, "acceptor")
+    (var,) = [v for v in mf.only_container(sts)["env"] if v["name"] == "PAXOS_CLUSTER_ID"]
+    assert "configMapKeyRef" in var.get("valueFrom", {})
+    assert env_of(m, sts)["PAXOS_CLUSTER_ID"].strip()
+
+
+# ---------------------------------------------------------------------------
+# Probes
+
+
+def test_probes_are_numeric_grpc_with_distinct_services(m: mf.Manifests) -> None:
+    for sts, container in pod_containers(m):
+        role = mf.role_of(sts)
+        port = grpc_port(container)
+        services = {}
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            probe = container.get(kind)
+            if probe is None:
+                assert kind == "startupProbe", f"{role}: {kind} missing"
+                continue
+            assert set(probe) & {"httpGet", "tcpSocket", "exec"} == set(), f"{role} {kind}"
+            grpc = probe["grpc"]
+            # A named port is rejected by the API server for gRPC probes.
+            assert type(grpc["port"]) is int, f"{role} {kind}: grpc.port must be a number"
+            assert grpc["port"] == port
+            services[kind] = grpc.get("service", "")
+        assert services["readinessProbe"] == mf.READINESS_SERVICE[role]
+        assert services["livenessProbe"] == mf.LIVENESS_SERVICE
+        assert services.get("startupProbe", mf.LIVENESS_SERVICE) == mf.LIVENESS_SERVICE
+        assert services["readinessProbe"] != services["livenessProbe"]
+
+
+def _window(probe: mf.Obj) -> int:
+    """Seconds of consecutive failures before the probe acts."""
+    return int(probe.get("periodSeconds", 10)) * int(probe.get("failureThreshold", 3))
+
+
+def test_liveness_does_not_kill_slow_nodes(m: mf.Manifests) -> None:
+    """A node slow to fsync is taken out of rotation by readiness long
+    before liveness would restart it."""
+    for sts, container in pod_containers(m):
+        liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+        name = sts["metadata"]["name"]
+        assert _window(liveness) >= 60, f"{name}: liveness acts after {_window(liveness)}s"
+        assert int(liveness.get("timeoutSeconds", 1)) >= 5, name
+        assert _window(readiness) < _window(liveness), name
+
+
+# ---------------------------------------------------------------------------
+# Storage, disruption and upgrades
+
+
+def test_acceptor_database_is_on_its_own_persistent_volume(m: mf.Manifests) -> None:
+    sts = mf.sts_of_role(m, "acceptor")
+    claims = {c["metadata"]["name"]: c for c in sts["spec"]["volumeClaimTemplates"]}
+    db = env_of(m, sts)["PAXOS_DB"]
+    (mount,) = [
+        vm
+        for vm in mf.only_container(sts)["volumeMounts"]
+        if db.startswith(vm["mountPath"].rstrip("/") + "/")
+    ]
+    assert mount["name"] in claims, f"PAXOS_DB={db} is not on a volumeClaimTemplate"
+    assert not mount.get("readOnly")
+    assert claims[mount["name"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    policy = sts["spec"].get("persistentVolumeClaimRetentionPolicy", {})
+    assert policy.get("whenDeleted", "Retain") == "Retain"
+    assert policy.get("whenScaled", "Retain") == "Retain"
+
+
+def test_pod_disruption_budgets(m: mf.Manifests) -> None:
+    """A drain may take one acceptor, never two; no budget blocks drains
+    for ever."""
+    pdbs = m.of_kind("PodDisruptionBudget")
+    for sts in m.statefulsets:
+        labels = mf.pod_labels(sts, 0)
+        mine = [
+            p
+            for p in pdbs
+            if mf.namespace_of(p) == mf.namespace_of(sts)
+            and mf.selects(p["spec"]["selector"].get("matchLabels"), labels)
+        ]
+        assert len(mine) == 1, f"{sts['metadata']['name']}: {len(mine)} PodDisruptionBudgets"
+        spec = mine[0]["spec"]
+        if mf.role_of(sts) == "acceptor":
+            assert spec.get("maxUnavailable") == 1
+        elif "maxUnavailable" in spec:
+            assert int(spec["maxUnavailable"]) >= 1
+        else:
+            assert int(spec["minAvailable"]) < mf.replicas(sts)
+
+
+def test_acceptor_upgrades_go_one_at_a_time(m: mf.Manifests) -> None:
+    sts = mf.sts_of_role(m, "acceptor")
+    strategy = sts["spec"].get("updateStrategy", {"type": "RollingUpdate"})
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy.get("rollingUpdate", {}).get("maxUnavailable", 1) == 1
+
+
+def test_pods_spread_over_nodes(m: mf.Manifests) -> None:
+    for sts in m.statefulsets:
+        anti = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert mf.selects(selector, mf.pod_labels(sts, 0))
+
+
+def test_grace_period_outlasts_the_server_drain(m: mf.Manifests) -> None:
+    """SIGKILL must not cut the graceful shutdown short."""
+    for sts in m.statefulsets:
+        period = int(sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+        server = mf.shutdown_grace(env_of(m, sts))
+        assert period >= server + 5, f"{sts['metadata']['name']}: {period}s vs drain {server}s"
+
+
+# ---------------------------------------------------------------------------
+# Resources and security
+
+
+def test_requests_and_limits(m: mf.Manifests) -> None:
+    for sts, container in pod_containers(m):
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                assert resource in container["resources"][kind], f"{sts['metadata']['name']}"
+
+
+def test_security_context(m: mf.Manifests, image: mf.Image) -> None:
+    for sts, container in pod_containers(m):
+        name = sts["metadata"]["name"]
+        pod = sts["spec"]["template"]["spec"]
+        psc, csc = pod.get("securityContext", {}), container.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True, name
+        # The same non-root uid the image runs as.
+        assert psc.get("runAsUser") == image.uid != 0, name
+        seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {}))
+        assert seccomp.get("type") == "RuntimeDefault", name
+        assert csc.get("allowPrivilegeEscalation") is False, name
+        assert csc.get("readOnlyRootFilesystem") is True, name
+        assert "ALL" in csc.get("capabilities", {}).get("drop", []), name
+        assert not csc.get("privileged"), name
+        assert pod.get("automountServiceAccountToken") is False, name
+        # Service links would put PAXOS_<SERVICE>_* variables in the
+        # server's own configuration namespace.
+        assert pod.get("enableServiceLinks") is False, name
+        mounts = {vm["mountPath"] for vm in container.get("volumeMounts", [])}
+        assert "/tmp" in mounts, f"{name}: no writable /tmp on a read-only root"
+    acceptor = mf.sts_of_role(m, "acceptor")["spec"]["template"]["spec"]
+    assert acceptor["securityContext"].get("fsGroup") == image.gid
+
+
+def test_overlay_keeps_the_acceptor_membership(rendered: dict[str, mf.Manifests]) -> None:
+    """The example overlay scales proposers and learners, not acceptors."""
+    base = mf.sts_of_role(rendered["base"], "acceptor")
+    example = mf.sts_of_role(rendered["example"], "acceptor")
+    assert mf.replicas(base) == mf.replicas(example) == 3
+    assert mf.namespace_of(example) != "default"
