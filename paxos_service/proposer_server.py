@@ -280,7 +280,6 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             ballot=wire.ballot_to_pb(chosen.decide.ballot),
         )
 
-
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AppendResponse:
