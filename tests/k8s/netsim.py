@@ -162,6 +162,7 @@ class Cluster:
     client_ns: str = ""
     _netns: list[str] = field(default_factory=list)
     _etc_dirs: list[Path] = field(default_factory=list)
+    _stash_dirs: list[Path] = field(default_factory=list)
     hosts: list[tuple[str, str]] = field(default_factory=list)
 
     # -- building the network ------------------------------------------------
@@ -393,6 +394,23 @@ class Cluster:
                 overlay(parent)
             lines.append(f"mkdir -p {shlex.quote(m.target)}")
 
+        # The image stand-in (the checkout, the host's Python) must stay
+        # visible when a volume is mounted over a directory holding it: CI may
+        # clone under /tmp, where the pods mount an emptyDir. Bind it aside
+        # first (under /run, which no volume covers), and back once the
+        # volumes are in place.
+        restores: list[tuple[Path, Path]] = []
+        for place in dict.fromkeys((mf.REPO, Path(sys.base_prefix).resolve())):
+            if not any(place.is_relative_to(m.target) for m in mounts):
+                continue
+            stash = Path("/run") / f"paxos-netsim-{os.getpid()}" / pod.name / str(len(restores))
+            if any(stash.is_relative_to(m.target) for m in mounts):
+                raise SimError(f"{pod.name}: a volume covers {stash}, nowhere to keep {place}")
+            stash.mkdir(parents=True, exist_ok=True)
+            self._stash_dirs.append(stash.parent.parent)
+            lines.append(f"mount --bind {shlex.quote(str(place))} {shlex.quote(str(stash))}")
+            restores.append((stash, place))
+
         # Mount a volume over a directory that holds other volumes' sources
         # (an emptyDir on /tmp, say) only after those are mounted.
         def shadows(m: Mount) -> bool:
@@ -402,6 +420,9 @@ class Cluster:
             lines.append(f"mount --bind {shlex.quote(str(m.source))} {shlex.quote(m.target)}")
             if m.read_only:
                 lines.append(f"mount -o remount,bind,ro {shlex.quote(m.target)}")
+        for stash, place in restores:
+            lines.append(f"mkdir -p {shlex.quote(str(place))}")
+            lines.append(f"mount --bind {shlex.quote(str(stash))} {shlex.quote(str(place))}")
         if ctr_sc.get("readOnlyRootFilesystem"):
             lines.append("mount -o remount,bind,ro /")
             lines += [f"mount -o remount,bind,ro {shlex.quote(o)}" for o in overlays]
@@ -570,6 +591,9 @@ class Cluster:
                 errors.append(str(exc))
         for etc in self._etc_dirs:
             shutil.rmtree(etc, ignore_errors=True)
+        for stash in dict.fromkeys(self._stash_dirs):
+            shutil.rmtree(stash, ignore_errors=True)
+        self._stash_dirs.clear()
         self._netns.clear()
         self._etc_dirs.clear()
         if errors:
