@@ -29,14 +29,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
-    event,
     select,
 )
 from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.exc import SQLAlchemyError
 
+from paxos_service.sqlite_setup import durable_engine
+from paxos_service.sqlite_setup import error_reason as _reason
 from paxos_service.storage import StorageCorrupt, StorageError
 from roles import AcceptorState, Ballot, RangePromise
 
@@ -83,13 +82,7 @@ class SqliteAcceptorStorage:
         self.cluster_id = cluster_id
         self.incarnation = ""
         self.created = False
-        self._engine = create_engine(
-            f"sqlite:///{path}",
-            poolclass=StaticPool,
-            connect_args={"check_same_thread": False, "timeout": 30},
-        )
-        event.listen(self._engine, "connect", _on_connect)
-        event.listen(self._engine, "begin", _on_begin)
+        self._engine = durable_engine(path)
         self._conn: Connection | None = None
 
     def open(self) -> None:
@@ -293,25 +286,3 @@ def _range_row(promise: RangePromise) -> dict[str, Any]:
         "promised_round": promise.ballot.round,
         "promised_proposer_id": promise.ballot.proposer_id,
     }
-
-
-def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event emit BEGIN instead of the driver (which on
-    # Python 3.11 would not begin before SELECT or DDL at all).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-    finally:
-        cursor.close()
-
-
-def _on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return str(exc.orig)
-    return str(exc)
