@@ -140,15 +140,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="learners to tell about decisions [env PAXOS_LEARNERS]",
     )
     proposer.add_argument(
+        "--proposers",
+        type=_typed(parse_address_list, "addresses"),
+        default=_env("proposers"),
+        help="every proposer's address in id order, this one included; enables the replicated "
+        "log with leader election [env PAXOS_PROPOSERS]",
+    )
+    proposer.add_argument(
         "--propose-timeout",
         type=_typed(lambda t: parse_positive_float(t, "timeout"), "seconds"),
         default=_env("propose_timeout") or 10.0,
         help="longest a Propose may take when the client sets no deadline (default 10)",
     )
 
-    learner = sub.add_parser("learner", help="run a learner")
+    learner = sub.add_parser("learner", help="run a learner (and, with --db, a KV replica)")
     _add_server_options(learner, "0.0.0.0:50051")
     _add_acceptor_list(learner)
+    learner.add_argument(
+        "--db",
+        type=Path,
+        default=_env("db"),
+        help="SQLite file of this learner's key-value replica; enables the KV service "
+        "[env PAXOS_DB]",
+    )
+    learner.add_argument(
+        "--proposers",
+        type=_typed(parse_address_list, "addresses"),
+        default=_env("proposers"),
+        help="proposers to append KV commands through (needed with --db) [env PAXOS_PROPOSERS]",
+    )
 
     cluster = sub.add_parser("cluster", help="run a local cluster, one process per role")
     cluster.add_argument("--acceptors", type=_typed(_int_at_least(1), "count"), default=3)
@@ -217,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     **_server_fields(args),
                     acceptors=args.acceptors,
                     learners=args.learners or [],
+                    proposers=args.proposers or [],
                     propose_timeout=float(args.propose_timeout),
                 ),
                 "proposer",
@@ -224,8 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "learner":
             _require(sub, args, "id", "acceptors")
+            if args.db is not None:
+                _require(sub, args, "proposers")
             return _run_server(
-                LearnerConfig(**_server_fields(args), acceptors=args.acceptors),
+                LearnerConfig(
+                    **_server_fields(args),
+                    acceptors=args.acceptors,
+                    proposers=args.proposers or [],
+                    db_path=args.db,
+                ),
                 "learner",
                 args.log_level,
             )
@@ -298,8 +326,13 @@ def _run_server(config: ServerConfig, role_name: str, log_level: str) -> int:
         if isinstance(config, ProposerConfig):
             from paxos_service.proposer_server import start_proposer
 
-            role, driver = await start_proposer(config)
-            closer = driver.close
+            role, driver, log_driver = await start_proposer(config)
+
+            async def closer() -> None:
+                if log_driver is not None:
+                    await log_driver.stop()
+                await driver.close()
+
         else:
             assert isinstance(config, LearnerConfig)
             from paxos_service.learner_server import start_learner
@@ -322,12 +355,13 @@ async def _until_signalled(role: Any, grace: float) -> None:
 
 def _serve(serve: Callable[[], Any]) -> int:
     from paxos_service.server import BindError
+    from paxos_service.storage import StorageCorrupt
 
     try:
         asyncio.run(serve())
-    except BindError as exc:
+    except (BindError, StorageCorrupt, ConfigError) as exc:
         log.get_logger().critical("cannot start", error=str(exc))
-        _fail(str(exc))
+        _fail(f"refusing to start: {exc}")
     return 0
 
 

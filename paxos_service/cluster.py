@@ -68,12 +68,21 @@ class LocalCluster:
             self.nodes.append(
                 Node("acceptor", i, address, ["--db", str(db)], logs / f"acceptor-{i}.log", str(db))
             )
+        acceptor_list, proposer_list = ",".join(acceptor_addrs), ",".join(proposer_addrs)
         for i, address in enumerate(proposer_addrs):
-            args = ["--acceptors", ",".join(acceptor_addrs), "--learners", ",".join(learner_addrs)]
+            args = [
+                "--acceptors",
+                acceptor_list,
+                "--learners",
+                ",".join(learner_addrs),
+                "--proposers",
+                proposer_list,
+            ]
             self.nodes.append(Node("proposer", i, address, args, logs / f"proposer-{i}.log"))
         for i, address in enumerate(learner_addrs):
-            args = ["--acceptors", ",".join(acceptor_addrs)]
-            self.nodes.append(Node("learner", i, address, args, logs / f"learner-{i}.log"))
+            db = data_dir / f"learner-{i}.db"
+            args = ["--acceptors", acceptor_list, "--proposers", proposer_list, "--db", str(db)]
+            self.nodes.append(Node("learner", i, address, args, logs / f"learner-{i}.log", str(db)))
         self.proposers = proposer_addrs
         self.learners = learner_addrs
         self._stop = threading.Event()
@@ -159,6 +168,13 @@ class LocalCluster:
         print("Or with the CLI:")
         print(f"  paxos propose --proposer {','.join(self.proposers)} 1 hello")
         print(f"  paxos get --learner {','.join(self.learners)} 1")
+        print("The key-value store (on the learners):")
+        print(
+            f'  {grpcurl} -plaintext -d \'{{"key": "greeting", "value": "aGVsbG8="}}\' '
+            f"{self.learners[0]} paxos_service.v1.KvService/Put"
+        )
+        print(f"  paxos kv --learners {','.join(self.learners)} put greeting hello")
+        print(f"  paxos kv --learners {','.join(self.learners)} get greeting")
         print("\nCtrl-C stops the cluster.", flush=True)
 
     # Internals ----------------------------------------------------------

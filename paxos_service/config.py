@@ -94,6 +94,9 @@ class ProposerConfig(ServerConfig):
     #: Acceptor addresses; the acceptor at position i runs with id i.
     acceptors: list[str] = field(default_factory=list)
     learners: list[str] = field(default_factory=list)
+    #: Every proposer's address in id order (this one included); enables the
+    #: replicated log, with leader election among them.
+    proposers: list[str] = field(default_factory=list)
     #: Upper bound on one Propose call when the client sets no deadline.
     propose_timeout: float = 10.0
     #: Seconds to wait for a quorum in one phase before retrying higher.
@@ -103,5 +106,9 @@ class ProposerConfig(ServerConfig):
 @dataclass(frozen=True)
 class LearnerConfig(ServerConfig):
     acceptors: list[str] = field(default_factory=list)
+    #: Proposers to append KV commands through (the leader is found among them).
+    proposers: list[str] = field(default_factory=list)
+    #: The learner's replica of the key-value store; None serves no KV service.
+    db_path: Path | None = None
     #: Seconds to wait for acceptors when asked about an instance it was not told of.
     read_timeout: float = 2.0

@@ -9,14 +9,19 @@ crashed before telling anyone.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from paxos_service import wire
 from paxos_service.config import LearnerConfig
+from paxos_service.kv.state_machine import KvStateMachine
+from paxos_service.kv_server import SERVICE_NAME as KV_SERVICE_NAME
+from paxos_service.kv_server import KvServicer, LogAppender
 from paxos_service.log import get_logger
 from paxos_service.peers import AcceptorPeer, connect_acceptors, describe_rpc_error
+from paxos_service.replica import Replica
 from paxos_service.server import RoleServer, bind_request, start_server
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
@@ -26,10 +31,13 @@ SERVICE_NAME = "paxos_service.v1.LearnerService"
 
 
 class LearnerServicer(pb_grpc.LearnerServiceServicer):
-    def __init__(self, config: LearnerConfig) -> None:
+    def __init__(self, config: LearnerConfig, replica: Replica | None = None) -> None:
         self.config = config
         self.acceptors = connect_acceptors(config.acceptors, config.max_value_bytes)
         self.learner = Learner(frozenset(p.acceptor_id for p in self.acceptors))
+        #: The replicated log's replica, when this learner serves the KV store.
+        self.replica = replica
+        self.kv: KvServicer | None = None
         self._log = get_logger()
 
     async def Decide(
@@ -40,6 +48,11 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         bind_request(context, instance=decide.instance, ballot=str(decide.ballot))
+        if self.replica is not None:
+            # Log instances go to the replica; keeping every value here too
+            # would grow without bound. GetDecision asks the acceptors instead.
+            self.replica.on_decided(decide.instance, decide.value)
+            return pb.DecideResponse()
         try:
             self.learner.on_decide(decide)
         except SafetyViolation as exc:
@@ -117,17 +130,38 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         return accepted
 
     async def close(self) -> None:
+        if self.replica is not None:
+            await self.replica.stop()
+            self.replica.machine.close()
+        if self.kv is not None:
+            await self.kv.appender.close()
         for peer in self.acceptors:
             await peer.channel.close(grace=None)
 
 
 async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServicer]:
-    servicer = LearnerServicer(config)
-    role = await start_server(
-        config,
-        SERVICE_NAME,
-        lambda server: pb_grpc.add_LearnerServiceServicer_to_server(servicer, server),
-    )
+    """Serve the learner; with ``config.db_path``, also the replicated KV store.
+    Raises StorageCorrupt if the KV file cannot be used."""
+    replica: Replica | None = None
+    kv: KvServicer | None = None
+    if config.db_path is not None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-store")
+        loop = asyncio.get_running_loop()
+        machine = await loop.run_in_executor(executor, KvStateMachine.open, config.db_path)
+        acceptors = connect_acceptors(config.acceptors, config.max_value_bytes)
+        replica = Replica(machine, acceptors, executor)
+        replica.start()
+        kv = KvServicer(replica, LogAppender(config.proposers, config.max_value_bytes))
+    servicer = LearnerServicer(config, replica)
+    servicer.kv = kv
+
+    def register(server: grpc.aio.Server) -> None:
+        pb_grpc.add_LearnerServiceServicer_to_server(servicer, server)
+        if kv is not None:
+            pb_grpc.add_KvServiceServicer_to_server(kv, server)
+
+    extra = (KV_SERVICE_NAME,) if kv is not None else ()
+    role = await start_server(config, SERVICE_NAME, register, extra_services=extra)
     get_logger().info(
         "learner serving", address=config.listen, port=role.port, acceptors=config.acceptors
     )

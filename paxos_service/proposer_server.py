@@ -21,6 +21,7 @@ import grpc
 from paxos_service import wire
 from paxos_service.config import ProposerConfig
 from paxos_service.log import get_logger
+from paxos_service.log_driver import LEADER_METADATA, AppendOutcomeUnknown, LogDriver, NotLeader
 from paxos_service.peers import AcceptorPeer, connect_acceptors, describe_rpc_error
 from paxos_service.server import RoleServer, bind_request, channel_options, start_server
 from paxos_service.v1 import paxos_pb2 as pb
@@ -241,8 +242,9 @@ class ProposerDriver:
 
 
 class ProposerServicer(pb_grpc.ProposerServiceServicer):
-    def __init__(self, driver: ProposerDriver) -> None:
+    def __init__(self, driver: ProposerDriver, log: LogDriver | None = None) -> None:
         self.driver = driver
+        self.log = log
         self._log = get_logger()
 
     async def Propose(
@@ -283,22 +285,67 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AppendResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the replicated log is not enabled")
+        log = await self._log_driver(context)
+        if not request.commands:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no commands to append")
+        commands = [c.SerializeToString() for c in request.commands]
+        limit = self.driver.config.max_value_bytes
+        if sum(len(c) for c in commands) > limit:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"commands exceed the {limit}-byte value limit"
+            )
+        remaining = context.time_remaining()
+        budget = self.driver.config.propose_timeout
+        if remaining is not None:
+            budget = min(budget, remaining - _DEADLINE_MARGIN)
+        try:
+            instance = await log.append(commands, time.monotonic() + budget)
+        except NotLeader as exc:
+            if exc.leader_address is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            context.set_trailing_metadata(((LEADER_METADATA, exc.leader_address),))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except AppendOutcomeUnknown as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"outcome unknown: {exc}")
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "outcome unknown: not chosen before the deadline"
+            )
+        return pb.AppendResponse(instance=instance)
 
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the replicated log is not enabled")
+        log = await self._log_driver(context)
+        try:
+            return log.heartbeat(request)
+        except wire.WireError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def GetLeader(
         self, request: pb.GetLeaderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetLeaderResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the replicated log is not enabled")
+        return (await self._log_driver(context)).describe()
+
+    async def _log_driver(self, context: grpc.aio.ServicerContext[Any, Any]) -> LogDriver:
+        if self.log is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the replicated log is off on this proposer: start it with --proposers",
+            )
+        assert self.log is not None
+        return self.log
 
 
-async def start_proposer(config: ProposerConfig) -> tuple[RoleServer, ProposerDriver]:
+async def start_proposer(
+    config: ProposerConfig,
+) -> tuple[RoleServer, ProposerDriver, LogDriver | None]:
     driver = ProposerDriver(config)
-    servicer = ProposerServicer(driver)
+    log: LogDriver | None = None
+    if config.proposers:
+        log = LogDriver(config, driver.acceptors, driver.learners)
+        log.start()
+    servicer = ProposerServicer(driver, log)
     role = await start_server(
         config,
         SERVICE_NAME,
@@ -310,5 +357,6 @@ async def start_proposer(config: ProposerConfig) -> tuple[RoleServer, ProposerDr
         port=role.port,
         acceptors=config.acceptors,
         learners=config.learners,
+        log=log is not None,
     )
-    return role, driver
+    return role, driver, log

@@ -60,6 +60,7 @@ class RoleServer:
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped in grpc-stubs)
     port: int
     service_name: str
+    extra_services: tuple[str, ...] = ()
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -68,6 +69,8 @@ class RoleServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         await self.health.set(self.service_name, status)
+        for name in self.extra_services:
+            await self.health.set(name, status)
         await self.health.set("", status)
 
 
@@ -77,6 +80,7 @@ async def start_server(
     register: Callable[[grpc.aio.Server], None],
     *,
     serving: bool = True,
+    extra_services: tuple[str, ...] = (),
 ) -> RoleServer:
     """Build, bind and start a server exposing ``service_name`` plus health and
     reflection. Raises :class:`BindError` when the address cannot be bound."""
@@ -85,7 +89,7 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (service_name, *extra_services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
         port = server.add_insecure_port(config.listen)
@@ -94,7 +98,7 @@ async def start_server(
     if port == 0:
         raise BindError(f"cannot listen on {config.listen}: address in use or not available")
     await server.start()
-    role = RoleServer(server, health_servicer, port, service_name)
+    role = RoleServer(server, health_servicer, port, service_name, extra_services)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     await role.set_serving(serving)
     return role

@@ -9,11 +9,28 @@ Roles:
     :class:`Acceptor`  phase 1b/2b; its state must be persisted before replying.
     :class:`Proposer`  phase 1a/2a for one instance, with backoff and a deadline.
     :class:`Learner`   finds out which value is chosen.
+    :class:`Leader`    Multi-Paxos: one phase 1 for all instances, pipelined phase 2.
 """
 
 from roles.acceptor import Acceptor, AcceptorState, AcceptorStep, RangePromise, RangeStep
 from roles.ballot import ZERO_BALLOT, Ballot
 from roles.errors import ProtocolError, SafetyViolation
+from roles.leader import (
+    AnswerHeartbeat,
+    Assigned,
+    BecameLeader,
+    Heartbeat,
+    InstanceChosen,
+    Leader,
+    LeaderConfig,
+    LeaderEffect,
+    OutcomeUnknown,
+    Rejected,
+    Role,
+    SendHeartbeat,
+    SendToAcceptors,
+    SteppedDown,
+)
 from roles.learner import Learned, Learner
 from roles.messages import (
     Accept,
@@ -45,14 +62,23 @@ __all__ = [
     "Acceptor",
     "AcceptorState",
     "AcceptorStep",
+    "AnswerHeartbeat",
+    "Assigned",
     "Ballot",
+    "BecameLeader",
     "Broadcast",
     "Chosen",
     "Decide",
     "Effect",
     "GaveUp",
+    "Heartbeat",
+    "InstanceChosen",
+    "Leader",
+    "LeaderConfig",
+    "LeaderEffect",
     "Learned",
     "Learner",
+    "OutcomeUnknown",
     "Phase",
     "Prepare",
     "PrepareRange",
@@ -65,7 +91,12 @@ __all__ = [
     "RangePromise",
     "RangeStep",
     "Reject",
+    "Rejected",
+    "Role",
     "SafetyViolation",
+    "SendHeartbeat",
+    "SendToAcceptors",
     "SetTimer",
+    "SteppedDown",
     "majority",
 ]

@@ -110,8 +110,8 @@ def test_cluster_prints_its_nodes_and_working_commands(running_cluster: RunningC
     assert [r[0] for r in rows] == ["acceptor"] * 3 + ["proposer"] * 2 + ["learner"]
     # The banner's grpcurl commands work when pasted (with our grpcurl binary).
     commands = [line.strip() for line in running_cluster.banner if "grpcurl" in line]
-    assert len(commands) == 2
-    propose_cmd, read_cmd = (c.replace(c.split()[0], str(GRPCURL), 1) for c in commands)
+    assert len(commands) == 3
+    propose_cmd, read_cmd, kv_put_cmd = (c.replace(c.split()[0], str(GRPCURL), 1) for c in commands)
     proposed = _run(propose_cmd)
     assert proposed.returncode == 0, proposed.stderr
     reply = json.loads(proposed.stdout)
@@ -120,8 +120,15 @@ def test_cluster_prints_its_nodes_and_working_commands(running_cluster: RunningC
     read = _run(read_cmd)
     assert read.returncode == 0, read.stderr
     assert json.loads(read.stdout)["decided"] is True
+    put = _run(kv_put_cmd)
+    assert put.returncode == 0, put.stderr
+    assert int(json.loads(put.stdout)["revision"]) >= 1
     # And so do the CLI lines.
-    cli = [line.strip() for line in running_cluster.banner if line.strip().startswith("paxos ")]
+    cli = [
+        line.strip()
+        for line in running_cluster.banner
+        if line.strip().startswith(("paxos propose", "paxos get"))
+    ]
     assert len(cli) == 2
     paxos = [sys.executable, "-m", "paxos_service"]
     proposed_cli = _run(paxos + shlex.split(cli[0])[1:])

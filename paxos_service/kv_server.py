@@ -1,0 +1,346 @@
+"""The key-value gRPC service, served by learners.
+
+Every write, and every read unless it asks to be stale, becomes a
+:class:`Command` appended to the replicated log through the leader proposer.
+Once the log entry holding it is applied here, the result computed by the
+state machine is the answer. Reads through the log are linearizable for the
+same reason writes are: they take a place in the one total order.
+
+Each command carries ``(client_id, sequence)``. A retry with the same pair,
+through any learner, is applied at most once; the state machine answers the
+repeat from memory. Without one, the learner assigns its own.
+
+Status codes: INVALID_ARGUMENT for bad requests; UNAVAILABLE when no leader
+can be reached (nothing was appended: safe to retry); ABORTED with
+"outcome unknown" when the command may or may not have been applied (retry
+with the same request id, or ask GetOutcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from paxos_service.kv.state_machine import Compacted
+from paxos_service.log import get_logger
+from paxos_service.replica import Replica
+from paxos_service.server import bind_request, channel_options
+from paxos_service.v1 import paxos_pb2 as pb
+from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "paxos_service.v1.KvService"
+LEADER_METADATA = "paxos-leader"
+OUTCOME_UNKNOWN = "outcome unknown"
+DEFAULT_TIMEOUT = 10.0
+MAX_KEY_BYTES = 4096
+
+
+class OutcomeUnknown(Exception):
+    """The command may or may not have been appended."""
+
+
+class NoLeader(Exception):
+    """No proposer would append the command; it was not appended."""
+
+
+class LogAppender:
+    """Appends commands through whichever proposer leads, following redirects."""
+
+    def __init__(self, proposers: list[str], max_value_bytes: int) -> None:
+        self.proposers = proposers
+        self._options = channel_options(max_value_bytes)
+        self._stubs: dict[str, Any] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        self.leader: str | None = None
+
+    def _stub(self, address: str) -> Any:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels.append(channel)
+            stub = self._stubs[address] = pb_grpc.ProposerServiceStub(channel)
+        return stub
+
+    async def append(self, command: pb.Command, deadline: float) -> int:
+        request = pb.AppendRequest(commands=[command])
+        attempt = 0
+        last_reason = "no proposer answered"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoLeader(f"no leader accepted the command in time ({last_reason})")
+            address = self.leader or self.proposers[attempt % len(self.proposers)]
+            attempt += 1
+            try:
+                response = await self._stub(address).Append(request, timeout=remaining)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    hint = _metadata(exc, LEADER_METADATA)
+                    self.leader = str(hint) if hint else None
+                    last_reason = f"{address}: {exc.details()}"
+                    if not hint:
+                        await asyncio.sleep(min(0.05 * attempt, 0.5))
+                    continue
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self.leader = None
+                    last_reason = f"{address}: {exc.details()}"
+                    if attempt % len(self.proposers) == 0:
+                        await asyncio.sleep(min(0.05 * attempt, 0.5))
+                    continue
+                if code in (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise OutcomeUnknown(f"{address}: {exc.details()}") from None
+                raise
+            self.leader = address
+            instance: int = response.instance
+            return instance
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close(grace=None)
+
+
+class KvServicer(pb_grpc.KvServiceServicer):
+    def __init__(self, replica: Replica, appender: LogAppender) -> None:
+        self.replica = replica
+        self.appender = appender
+        # Requests that come without a request id get this learner's own.
+        self._client_id = secrets.randbits(62) | 1
+        self._sequence = 0
+        self._log = get_logger()
+
+    # Writes ---------------------------------------------------------------
+
+    async def Put(
+        self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PutResponse:
+        await _check_key(context, request.key)
+        command = self._command(
+            request.request_id, put=pb.PutOp(key=request.key, value=request.value)
+        )
+        result = await self._execute(context, command)
+        return pb.PutResponse(
+            revision=result.revision, previous=result.kv, had_previous=result.found
+        )
+
+    async def Delete(
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteResponse:
+        await _check_key(context, request.key)
+        command = self._command(request.request_id, delete=pb.DeleteOp(key=request.key))
+        result = await self._execute(context, command)
+        return pb.DeleteResponse(
+            revision=result.revision, deleted=result.succeeded, previous=result.kv
+        )
+
+    async def CompareAndSwap(
+        self, request: pb.CompareAndSwapRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CompareAndSwapResponse:
+        await _check_key(context, request.key)
+        op = pb.CompareAndSwapOp(key=request.key, value=request.value)
+        which = request.WhichOneof("expect")
+        if which == "expected_value":
+            op.expected_value = request.expected_value
+        elif which == "expected_version":
+            op.expected_version = request.expected_version
+        else:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "compare-and-swap needs expected_value or expected_version",
+            )
+        result = await self._execute(
+            context, self._command(request.request_id, compare_and_swap=op)
+        )
+        current = result.current if result.HasField("current") else None
+        return pb.CompareAndSwapResponse(
+            succeeded=result.succeeded,
+            revision=result.revision,
+            current=current,
+            had_current=current is not None,
+        )
+
+    # Reads ----------------------------------------------------------------
+
+    async def Get(
+        self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetResponse:
+        await _check_key(context, request.key)
+        if request.stale:
+            kv = await self.replica.run(self.replica.machine.get_local, request.key)
+            return pb.GetResponse(
+                found=kv is not None,
+                kv=kv,
+                revision=self.replica.machine.revision,
+                applied_instance=self.replica.applied_instance,
+                lag_instances=self.replica.lag,
+            )
+        result = await self._execute(
+            context, self._command(request.request_id, get=pb.GetOp(key=request.key))
+        )
+        return pb.GetResponse(
+            found=result.found,
+            kv=result.kv if result.found else None,
+            revision=result.revision,
+            applied_instance=self.replica.applied_instance,
+        )
+
+    async def Range(
+        self, request: pb.RangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RangeResponse:
+        if request.stale:
+            kvs = await self.replica.run(
+                self.replica.machine.range_local, request.prefix, request.limit
+            )
+            return pb.RangeResponse(kvs=kvs, revision=self.replica.machine.revision)
+        op = pb.RangeOp(prefix=request.prefix, limit=request.limit)
+        result = await self._execute(context, self._command(request.request_id, range=op))
+        return pb.RangeResponse(kvs=result.kvs, revision=result.revision)
+
+    async def GetOutcome(
+        self, request: pb.GetOutcomeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetOutcomeResponse:
+        rid = request.request_id
+        if rid.client_id == 0 or rid.sequence == 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "request_id needs a client_id and a sequence"
+            )
+        # A barrier through the log first: everything appended before this
+        # call is then applied here, so "not applied" is a final answer for
+        # any attempt that had already been acknowledged or had failed.
+        await self._execute(context, self._command(None, get=pb.GetOp(key="\x00barrier")))
+        result = await self.replica.run(self.replica.machine.outcome, rid.client_id, rid.sequence)
+        return pb.GetOutcomeResponse(applied=result is not None, result=result)
+
+    async def Watch(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchResponse]:
+        if not request.key and not request.prefix:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key is required")
+        watcher = self.replica.subscribe(request.key, request.prefix)
+        machine = self.replica.machine
+        try:
+            start = request.start_revision or machine.revision + 1
+            while True:  # history first, in pages
+                try:
+                    events = await self.replica.run(
+                        machine.events_since, start, request.key, request.prefix, 500
+                    )
+                except Compacted as exc:
+                    await context.abort(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"revision {start} is compacted; watch from {exc.revision + 1} or later",
+                    )
+                if not events:
+                    break
+                start = _event_revision(events[-1]) + 1
+                yield pb.WatchResponse(events=events, revision=start - 1)
+            while True:  # then live changes
+                item = await watcher.queue.get()
+                if item is None:
+                    return
+                revision, event = item
+                if revision < start:
+                    continue
+                start = revision + 1
+                yield pb.WatchResponse(events=[event], revision=revision)
+                if watcher.overflowed and watcher.queue.empty():
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"watcher fell behind; watch again from revision {start}",
+                    )
+        finally:
+            self.replica.unsubscribe(watcher)
+
+    # Internals --------------------------------------------------------------
+
+    async def _append_until_known(self, command: pb.Command, deadline: float) -> int:
+        """Append, and when the outcome is unknown (the leader changed under
+        us) append again: the request id makes a second copy harmless, since
+        the state machine applies one and answers the other from memory."""
+        attempt = 0
+        while True:
+            try:
+                return await self.appender.append(command, deadline)
+            except OutcomeUnknown:
+                attempt += 1
+                if time.monotonic() + 0.05 * attempt >= deadline:
+                    raise
+                self._log.info("retrying an append whose outcome is unknown", attempt=attempt)
+                await asyncio.sleep(0.05 * attempt)
+
+    def _command(self, request_id: pb.RequestId | None, **op: Any) -> pb.Command:
+        if request_id is not None and request_id.client_id:
+            client_id, sequence = request_id.client_id, request_id.sequence
+        else:
+            self._sequence += 1
+            client_id, sequence = self._client_id, self._sequence
+        return pb.Command(client_id=client_id, sequence=sequence, **op)
+
+    async def _execute(
+        self, context: grpc.aio.ServicerContext[Any, Any], command: pb.Command
+    ) -> pb.CommandResult:
+        bind_request(context, client_id=command.client_id, sequence=command.sequence)
+        if command.client_id and command.sequence == 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "request_id.sequence must be >= 1"
+            )
+        remaining = context.time_remaining()
+        budget = DEFAULT_TIMEOUT if remaining is None else max(0.0, remaining - 0.05)
+        deadline = time.monotonic() + budget
+        future = self.replica.expect(command.client_id, command.sequence)
+        try:
+            instance = await self._append_until_known(command, deadline)
+            await asyncio.wait_for(self.replica.wait_applied(instance), deadline - time.monotonic())
+            if future.done():
+                result = future.result()
+            else:  # applied before we asked: the state machine remembers it
+                stored = await self.replica.run(
+                    self.replica.machine.outcome, command.client_id, command.sequence
+                )
+                if stored is None:
+                    await context.abort(grpc.StatusCode.INTERNAL, "applied command has no result")
+                result = stored
+        except NoLeader as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except OutcomeUnknown as exc:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"{OUTCOME_UNKNOWN}: {exc}; retry with the same request id or ask GetOutcome",
+            )
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"{OUTCOME_UNKNOWN}: appended but not applied here before the deadline",
+            )
+        finally:
+            self.replica.forget(command.client_id, command.sequence)
+        if result.error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.error)
+        return result
+
+
+def _metadata(exc: grpc.aio.AioRpcError, name: str) -> str | None:
+    items: Any = exc.trailing_metadata() or ()
+    for key, value in items:
+        if key == name:
+            return value if isinstance(value, str) else bytes(value).decode()
+    return None
+
+
+def _event_revision(event: pb.WatchEvent) -> int:
+    revision: int = event.kv.mod_revision
+    return revision
+
+
+async def _check_key(context: grpc.aio.ServicerContext[Any, Any], key: str) -> None:
+    if not key:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key must not be empty")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"key is longer than {MAX_KEY_BYTES} bytes"
+        )

@@ -1,0 +1,317 @@
+"""The proposer's replicated-log driver: :class:`roles.leader.Leader` over gRPC.
+
+The driver performs the leader's effects (PrepareRange and Accept to the
+acceptors, heartbeats to the other proposers, Decide to the learners, one
+timer) and feeds every reply back in, one input at a time on the event loop.
+``Append`` calls become ``submit``s; each waits until the instance holding its
+command is chosen.
+
+Redirects: a proposer that does not lead answers Append with
+FAILED_PRECONDITION and the leader's address in the ``paxos-leader`` trailing
+metadata, or UNAVAILABLE while no leader is known. Neither appended anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from paxos_service import log_entry, wire
+from paxos_service.config import ConfigError, ProposerConfig
+from paxos_service.log import get_logger
+from paxos_service.peers import AcceptorPeer, describe_rpc_error
+from paxos_service.server import channel_options
+from paxos_service.v1 import paxos_pb2 as pb
+from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+from roles import PromiseRange, ProtocolError, Reject, SetTimer
+from roles.leader import (
+    AnswerHeartbeat,
+    Assigned,
+    BecameLeader,
+    Heartbeat,
+    InstanceChosen,
+    Leader,
+    LeaderConfig,
+    LeaderEffect,
+    OutcomeUnknown,
+    Rejected,
+    Role,
+    SendHeartbeat,
+    SendToAcceptors,
+    SteppedDown,
+)
+from roles.messages import Accept, PrepareRange
+
+LEADER_METADATA = "paxos-leader"
+
+
+class NotLeader(Exception):
+    def __init__(self, reason: str, leader_address: str | None) -> None:
+        super().__init__(reason)
+        self.leader_address = leader_address
+
+
+class AppendOutcomeUnknown(Exception):
+    """The command was in an instance this proposer stopped leading."""
+
+
+class LogDriver:
+    def __init__(
+        self,
+        config: ProposerConfig,
+        acceptors: list[AcceptorPeer],
+        learners: list[Any],
+        *,
+        leader_config: LeaderConfig | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if config.node_id >= len(config.proposers):
+            raise ConfigError(
+                f"--proposers lists {len(config.proposers)} proposers in id order, so proposer "
+                f"ids are 0..{len(config.proposers) - 1}; this one is {config.node_id}"
+            )
+        self.config = config
+        self.acceptors = acceptors
+        self.learners = learners
+        self.leader_config = leader_config or LeaderConfig()
+        self._clock = clock
+        options = channel_options(config.max_value_bytes)
+        self.peers: dict[int, Any] = {
+            i: pb_grpc.ProposerServiceStub(grpc.aio.insecure_channel(address, options=options))
+            for i, address in enumerate(config.proposers)
+            if i != config.node_id
+        }
+        self.leader = Leader(
+            proposer_id=config.node_id,
+            acceptor_ids=frozenset(p.acceptor_id for p in acceptors),
+            peer_ids=frozenset(self.peers),
+            rng=rng or random.Random(),
+            config=self.leader_config,
+            encode_batch=log_entry.encode_batch,
+            noop_value=log_entry.NOOP,
+        )
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[int]] = {}
+        self._timer_at = float("inf")
+        self._timer_changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer_task: asyncio.Task[None] | None = None
+        self._log = get_logger()
+
+    # Lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._handle(self.leader.start(self._clock()))
+        self._timer_task = asyncio.create_task(self._timer_loop(), name="leader-timer")
+
+    async def stop(self) -> None:
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def leader_address(self) -> str | None:
+        leader_id = self.leader.leader_id
+        if leader_id is None or leader_id >= len(self.config.proposers):
+            return None
+        return self.config.proposers[leader_id]
+
+    # RPC entry points ----------------------------------------------------
+
+    async def append(self, commands: list[bytes], deadline: float) -> int:
+        """Append the commands; return the highest instance holding one."""
+        if self.leader.role is not Role.LEADER:
+            raise self._not_leader()
+        futures = []
+        for command in commands:
+            token = next(self._tokens)
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._waiting[token] = future
+            futures.append(future)
+            self._step(functools.partial(self._submit, token, command))
+        try:
+            instances = await asyncio.wait_for(
+                asyncio.gather(*futures), timeout=max(0.0, deadline - self._clock())
+            )
+        finally:
+            for future in futures:
+                future.cancel()
+        return max(instances)
+
+    def _submit(self, token: int, command: bytes, now: float) -> list[LeaderEffect]:
+        return self.leader.submit(token, command, now)
+
+    def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        heartbeat = Heartbeat(
+            wire.ballot_from_pb(request.ballot, required=True),
+            request.proposer_id,
+            request.chosen_through,
+        )
+        effects = self._step(lambda now: self.leader.on_heartbeat(heartbeat, now))
+        answer = next((e for e in effects if isinstance(e, AnswerHeartbeat)), None)
+        highest = answer.highest_ballot if answer else self.leader.highest_ballot_seen
+        return pb.HeartbeatResponse(ballot=wire.ballot_to_pb(highest))
+
+    def describe(self) -> pb.GetLeaderResponse:
+        leader_id = self.leader.leader_id
+        return pb.GetLeaderResponse(
+            is_leader=self.leader.role is Role.LEADER,
+            leader_id=leader_id or 0,
+            leader_address=self.leader_address() or "",
+            ballot=wire.ballot_to_pb(self.leader.ballot),
+            chosen_through=self.leader.chosen_through,
+            next_instance=self.leader.next_instance,
+        )
+
+    # Stepping the state machine -------------------------------------------
+
+    def _step(self, step: Callable[[float], list[LeaderEffect]]) -> list[LeaderEffect]:
+        try:
+            effects = step(self._clock())
+        except ProtocolError as exc:
+            self._log.warning("dropped a bad message", error=str(exc))
+            return []
+        self._handle(effects)
+        return effects
+
+    def _handle(self, effects: list[LeaderEffect]) -> None:
+        for effect in effects:
+            if isinstance(effect, SendToAcceptors):
+                targets = [
+                    p for p in self.acceptors if effect.to is None or p.acceptor_id in effect.to
+                ]
+                for peer in targets:
+                    self._spawn(self._send_to_acceptor(peer, effect.message))
+            elif isinstance(effect, SendHeartbeat):
+                for peer_id, stub in self.peers.items():
+                    self._spawn(self._send_heartbeat(peer_id, stub, effect.heartbeat))
+            elif isinstance(effect, SetTimer):
+                self._timer_at = effect.at
+                self._timer_changed.set()
+            elif isinstance(effect, InstanceChosen):
+                for token in effect.tokens:
+                    self._resolve(token, effect.instance)
+                if self.learners:
+                    self._spawn(self._decide(effect))
+            elif isinstance(effect, Rejected):
+                error = NotLeader(effect.reason, self._address_of(effect.leader_hint))
+                for token in effect.tokens:
+                    self._fail(token, error)
+            elif isinstance(effect, OutcomeUnknown):
+                unknown = AppendOutcomeUnknown(effect.reason)
+                for token in effect.tokens:
+                    self._fail(token, unknown)
+            elif isinstance(effect, BecameLeader):
+                self._log.info(
+                    "became leader", ballot=str(effect.ballot), from_instance=effect.from_instance
+                )
+            elif isinstance(effect, SteppedDown):
+                self._log.info("stepped down", reason=effect.reason, leader_hint=effect.leader_hint)
+            elif isinstance(effect, Assigned | AnswerHeartbeat):
+                pass  # Assigned: nothing to do until chosen; answers go back in the RPC.
+
+    def _resolve(self, token: int, instance: int) -> None:
+        future = self._waiting.pop(token, None)
+        if future is not None and not future.done():
+            future.set_result(instance)
+
+    def _fail(self, token: int, error: Exception) -> None:
+        future = self._waiting.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def _not_leader(self) -> NotLeader:
+        address = self.leader_address()
+        if address is None:
+            return NotLeader("no leader elected yet", None)
+        return NotLeader(f"not the leader; proposer {self.leader.leader_id} leads", address)
+
+    def _address_of(self, proposer_id: int | None) -> str | None:
+        if proposer_id is None or proposer_id >= len(self.config.proposers):
+            return None
+        return self.config.proposers[proposer_id]
+
+    # I/O ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_changed.clear()
+            delay = self._timer_at - self._clock()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._timer_changed.wait(), timeout=min(delay, 3600))
+                    continue  # re-armed: recompute
+                except TimeoutError:
+                    pass
+            self._timer_at = float("inf")
+            self._step(self.leader.on_timer)
+
+    async def _send_to_acceptor(self, peer: AcceptorPeer, message: PrepareRange | Accept) -> None:
+        timeout = self.leader_config.phase_timeout
+        try:
+            if isinstance(message, PrepareRange):
+                response = await peer.stub.PrepareRange(
+                    pb.PrepareRangeRequest(prepare=wire.prepare_range_to_pb(message)),
+                    timeout=timeout,
+                )
+                reply: Any = wire.prepare_range_response_from_pb(response)
+            else:
+                accept_response = await peer.stub.Accept(
+                    pb.AcceptRequest(accept=wire.accept_to_pb(message)), timeout=timeout
+                )
+                reply = wire.accept_response_from_pb(accept_response)
+        except grpc.aio.AioRpcError as exc:
+            peer.last_error = describe_rpc_error(peer.address, exc)
+            return
+        except (wire.WireError, ValueError) as exc:
+            self._log.error("malformed reply from acceptor", address=peer.address, error=str(exc))
+            return
+        if reply.acceptor_id != peer.acceptor_id:
+            self._log.error(
+                "acceptor id mismatch: list acceptors in id order",
+                address=peer.address,
+                expected=peer.acceptor_id,
+                got=reply.acceptor_id,
+            )
+            return
+        if isinstance(reply, PromiseRange):
+            self._step(lambda now: self.leader.on_promise_range(reply, now))
+        elif isinstance(reply, Reject):
+            self._step(lambda now: self.leader.on_reject(reply, now))
+        else:
+            self._step(lambda now: self.leader.on_accepted(reply, now))
+
+    async def _send_heartbeat(self, peer_id: int, stub: Any, heartbeat: Heartbeat) -> None:
+        request = pb.HeartbeatRequest(
+            ballot=wire.ballot_to_pb(heartbeat.ballot),
+            proposer_id=heartbeat.proposer_id,
+            address=self.config.proposers[self.config.node_id],
+            chosen_through=heartbeat.chosen_through,
+        )
+        try:
+            response = await stub.Heartbeat(request, timeout=self.leader_config.election_timeout)
+            highest = wire.ballot_from_pb(response.ballot, required=False)
+        except (grpc.aio.AioRpcError, wire.WireError):
+            return
+        self._step(lambda now: self.leader.on_heartbeat_reply(peer_id, highest, now))
+
+    async def _decide(self, chosen: InstanceChosen) -> None:
+        request = pb.DecideRequest(decide=wire.decide_to_pb(chosen.decide))
+        await asyncio.gather(
+            *(stub.Decide(request, timeout=2.0) for stub in self.learners),
+            return_exceptions=True,
+        )

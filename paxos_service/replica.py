@@ -1,0 +1,233 @@
+"""A learner's replica of the replicated log and the key-value state machine.
+
+Decided instances arrive out of order (Decide from the leader, or catch-up
+reads from the acceptors) and are applied strictly in instance order, one
+SQLite transaction per entry, by one thread. A restarted learner resumes
+from the applied instance stored with the state, not from zero.
+
+Catch-up: whenever the next instance to apply is missing for a moment (or
+periodically, in case nobody tells us anything), the replica reads accepted
+proposals from every acceptor and counts votes per ballot with a fresh
+:class:`roles.Learner`; an instance a majority accepted under one ballot is
+chosen. If no majority is visible yet (acceptors moved on to re-proposals
+under different ballots), the current leader's retransmissions will make one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from paxos_service import log_entry, wire
+from paxos_service.kv.state_machine import KvStateMachine
+from paxos_service.log import get_logger
+from paxos_service.peers import AcceptorPeer, describe_rpc_error
+from paxos_service.v1 import paxos_pb2 as pb
+from roles import Accepted, Learner, ProtocolError
+
+#: How long the next instance may be missing before we go and look for it.
+CATCH_UP_DELAY = 0.2
+#: How often to look for decisions even when nothing seems missing.
+POLL_INTERVAL = 1.0
+CATCH_UP_BATCH = 500
+#: Events a watcher may have queued before it is cut off as too slow.
+WATCH_QUEUE_LIMIT = 10_000
+
+
+@dataclass(eq=False)
+class Watcher:
+    key: str
+    prefix: bool
+    queue: asyncio.Queue[tuple[int, pb.WatchEvent] | None] = field(
+        default_factory=lambda: asyncio.Queue(WATCH_QUEUE_LIMIT)
+    )
+    overflowed: bool = False
+
+    def matches(self, key: str) -> bool:
+        return key.startswith(self.key) if self.prefix else key == self.key
+
+
+class Replica:
+    def __init__(
+        self,
+        machine: KvStateMachine,
+        acceptors: list[AcceptorPeer],
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.machine = machine
+        self.acceptors = acceptors
+        self._executor = executor
+        self.applied_instance = machine.applied_instance
+        #: The highest instance known to be decided (from Decide or catch-up).
+        self.highest_decided = self.applied_instance
+        self._pending: dict[int, bytes] = {}
+        self._waiters: dict[tuple[int, int], asyncio.Future[pb.CommandResult]] = {}
+        self._applied_changed = asyncio.Condition()
+        self._wakeup = asyncio.Event()
+        self._watchers: set[Watcher] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._log = get_logger()
+
+    # Lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._apply_loop(), name="replica-apply"),
+            asyncio.create_task(self._catch_up_loop(), name="replica-catch-up"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for watcher in list(self._watchers):
+            watcher.queue.put_nowait(None) if not watcher.queue.full() else None
+
+    # Inputs --------------------------------------------------------------
+
+    def on_decided(self, instance: int, value: bytes) -> None:
+        """``value`` is chosen for ``instance`` (told by a proposer, or found)."""
+        if instance <= self.applied_instance:
+            return
+        self._pending.setdefault(instance, value)
+        self.highest_decided = max(self.highest_decided, instance)
+        self._wakeup.set()
+
+    def expect(self, client_id: int, sequence: int) -> asyncio.Future[pb.CommandResult]:
+        """A future for the result of request ``(client_id, sequence)`` when applied."""
+        key = (client_id, sequence)
+        future = self._waiters.get(key)
+        if future is None or future.done():
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[key] = future
+        return future
+
+    def forget(self, client_id: int, sequence: int) -> None:
+        self._waiters.pop((client_id, sequence), None)
+
+    async def wait_applied(self, instance: int) -> None:
+        """Return once every instance up to ``instance`` is applied."""
+        async with self._applied_changed:
+            await self._applied_changed.wait_for(lambda: self.applied_instance >= instance)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a state machine call on its thread (all calls are serialised)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def subscribe(self, key: str, prefix: bool) -> Watcher:
+        watcher = Watcher(key, prefix)
+        self._watchers.add(watcher)
+        return watcher
+
+    def unsubscribe(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.highest_decided - self.applied_instance)
+
+    # Applying -------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.applied_instance + 1 in self._pending:
+                instance = self.applied_instance + 1
+                value = self._pending.pop(instance)
+                entry = log_entry.decode(value)
+                if entry is None:
+                    self._log.info("skipping an opaque (hand-proposed) value", instance=instance)
+                    entry = pb.LogEntry(noop=True)
+                applied = await self.run(self.machine.apply_entry, instance, entry)
+                self._deliver(entry, applied)
+                self.applied_instance = instance
+                async with self._applied_changed:
+                    self._applied_changed.notify_all()
+
+    def _deliver(self, entry: pb.LogEntry, applied: Any) -> None:
+        for command, result in zip(entry.commands, applied.results, strict=True):
+            future = self._waiters.pop((command.client_id, command.sequence), None)
+            if future is not None and not future.done():
+                future.set_result(result)
+        for revision, event in applied.events:
+            for watcher in list(self._watchers):
+                if watcher.overflowed or not watcher.matches(event.kv.key):
+                    continue
+                try:
+                    watcher.queue.put_nowait((revision, event))
+                except asyncio.QueueFull:
+                    watcher.overflowed = True
+
+    # Catching up ----------------------------------------------------------
+
+    async def _catch_up_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        missing_since: float | None = None
+        last_poll = 0.0
+        while True:
+            await asyncio.sleep(CATCH_UP_DELAY / 2)
+            now = loop.time()
+            stuck = self.highest_decided > self.applied_instance and (
+                self.applied_instance + 1 not in self._pending
+            )
+            if stuck and missing_since is None:
+                missing_since = now
+            if not stuck:
+                missing_since = None
+            due = missing_since is not None and now - missing_since >= CATCH_UP_DELAY
+            if due or now - last_poll >= POLL_INTERVAL:
+                last_poll = now
+                try:
+                    found = await self.catch_up()
+                except Exception as exc:  # keep the loop alive, say why
+                    self._log.warning("catch-up failed", error=repr(exc))
+                    continue
+                if found:
+                    missing_since = None
+
+    async def catch_up(self) -> int:
+        """Read accepted proposals after the applied instance from every
+        acceptor and feed every instance a majority chose. Returns how many."""
+        start = self.applied_instance + 1
+        replies = await asyncio.gather(*(self._read_range(p, start) for p in self.acceptors))
+        tally = Learner(frozenset(p.acceptor_id for p in self.acceptors))
+        found = 0
+        for accepted_list in replies:
+            for accepted in accepted_list:
+                try:
+                    learned = tally.on_accepted(accepted)
+                except ProtocolError as exc:
+                    self._log.error("bad vote from acceptor", error=str(exc))
+                    continue
+                if learned is not None and learned.instance not in self._pending:
+                    self.on_decided(learned.instance, learned.value)
+                    found += 1
+        if found:
+            self._log.info("caught up from acceptors", found=found, from_instance=start)
+        return found
+
+    async def _read_range(self, peer: AcceptorPeer, start: int) -> list[Accepted]:
+        try:
+            response = await peer.stub.GetAcceptedRange(
+                pb.GetAcceptedRangeRequest(from_instance=start, limit=CATCH_UP_BATCH), timeout=2.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            self._log.debug(
+                "acceptor range read failed", error=describe_rpc_error(peer.address, exc)
+            )
+            return []
+        out = []
+        for item in response.accepted:
+            try:
+                accepted = wire.accepted_from_pb(item)
+            except (wire.WireError, ValueError):
+                continue
+            if accepted.acceptor_id == peer.acceptor_id and accepted.instance >= start:
+                out.append(accepted)
+        return out
