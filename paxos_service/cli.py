@@ -6,6 +6,7 @@
     paxos cluster  [--acceptors 3] [--proposers 2] [--learners 1] [--data-dir ./data]
     paxos propose  --proposer HOST:PORT INSTANCE VALUE
     paxos get      --learner HOST:PORT INSTANCE
+    paxos kv       [--learners HOST:PORT,...] put|get|del|cas|range|watch ...
 
 Server options fall back to ``PAXOS_<OPTION>`` environment variables. Errors
 are one line on stderr and a non-zero exit, never a traceback.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from paxos_service import log
+from paxos_service import kv_cli, log
 from paxos_service.config import (
     DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
@@ -200,6 +201,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     get.add_argument("--timeout", type=timeout, default=5.0)
     get.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
+
+    kv_cli.add_parser(sub)
     return parser, dict(sub.choices)
 
 
@@ -275,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "get":
             _require(sub, args, "learner")
             return _get(args)
+        if args.command == "kv":
+            return kv_cli.run(args, sub)
     except ConfigError as exc:
         sub.error(str(exc))
     except KeyboardInterrupt:

@@ -15,11 +15,12 @@ already chosen, so a retry after an unknown outcome cannot choose twice.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import grpc
 
@@ -27,6 +28,9 @@ from paxos_service.config import DEFAULT_MAX_VALUE_BYTES
 from paxos_service.server import channel_options
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from paxos_service.kv_client import AsyncKvClient, KvClient
 
 DEFAULT_TIMEOUT = 5.0
 _T = TypeVar("_T")
@@ -53,6 +57,25 @@ class DeadlineExceededError(PaxosError):
     may still be chosen. Proposing again (or ``get``) finds out safely."""
 
 
+class OutcomeUnknownError(PaxosError):
+    """A key-value write's deadline passed after an attempt that may have been
+    applied. Sending the same request again is safe (the state machine applies
+    a ``(client_id, sequence)`` once), and ``kv.outcome(client_id, sequence)``
+    says whether it was applied and what it returned."""
+
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        *,
+        client_id: int,
+        sequence: int,
+    ) -> None:
+        super().__init__(message, code)
+        self.client_id = client_id
+        self.sequence = sequence
+
+
 @dataclass(frozen=True)
 class ProposeResult:
     instance: int
@@ -62,8 +85,10 @@ class ProposeResult:
 
 
 def _error_from(exc: grpc.RpcError, address: str) -> PaxosError:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    # grpc.aio's AioRpcError is no grpc.Call, but has the same two methods.
+    has_status = isinstance(exc, grpc.Call | grpc.aio.AioRpcError)
+    code = exc.code() if has_status else None
+    details = exc.details() if has_status else str(exc)
     message = f"{address}: {details}"
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgumentError(message, code)
@@ -167,6 +192,23 @@ class PaxosClient:
         self._learner_stubs = [
             pb_grpc.LearnerServiceStub(c) for c in self._channels[len(proposers) :]
         ]
+        self._max_value_bytes = max_value_bytes
+        self._kv: KvClient | None = None
+        self._kv_lock = threading.Lock()
+
+    @property
+    def kv(self) -> KvClient:
+        """The key-value store on the learners (created on first use)."""
+        with self._kv_lock:
+            if self._kv is None:
+                from paxos_service.kv_client import KvClient
+
+                self._kv = KvClient(
+                    self._learners.addresses,
+                    timeout=self.timeout,
+                    max_value_bytes=self._max_value_bytes,
+                )
+            return self._kv
 
     def propose(self, instance: int, value: bytes, *, timeout: float | None = None) -> bytes:
         """Propose ``value`` for ``instance``; return the value chosen for it."""
@@ -204,6 +246,8 @@ class PaxosClient:
         raise attempt.error()
 
     def close(self) -> None:
+        if self._kv is not None:
+            self._kv.close()
         for channel in self._channels:
             channel.close()
 
@@ -243,6 +287,21 @@ class AsyncPaxosClient:
         self._learner_stubs = [
             pb_grpc.LearnerServiceStub(c) for c in self._channels[len(proposers) :]
         ]
+        self._max_value_bytes = max_value_bytes
+        self._kv: AsyncKvClient | None = None
+
+    @property
+    def kv(self) -> AsyncKvClient:
+        """The key-value store on the learners (created on first use)."""
+        if self._kv is None:
+            from paxos_service.kv_client import AsyncKvClient
+
+            self._kv = AsyncKvClient(
+                self._learners.addresses,
+                timeout=self.timeout,
+                max_value_bytes=self._max_value_bytes,
+            )
+        return self._kv
 
     async def propose(self, instance: int, value: bytes, *, timeout: float | None = None) -> bytes:
         return (await self.propose_detailed(instance, value, timeout=timeout)).value
@@ -277,6 +336,8 @@ class AsyncPaxosClient:
         raise attempt.error()
 
     async def close(self) -> None:
+        if self._kv is not None:
+            await self._kv.close()
         for channel in self._channels:
             await channel.close(grace=None)
 

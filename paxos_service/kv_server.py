@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from paxos_service import log_entry
 from paxos_service.kv.state_machine import Compacted
 from paxos_service.log import get_logger
 from paxos_service.replica import Replica
@@ -106,9 +107,10 @@ class LogAppender:
 
 
 class KvServicer(pb_grpc.KvServiceServicer):
-    def __init__(self, replica: Replica, appender: LogAppender) -> None:
+    def __init__(self, replica: Replica, appender: LogAppender, max_value_bytes: int) -> None:
         self.replica = replica
         self.appender = appender
+        self.max_command_bytes = log_entry.max_command_bytes(max_value_bytes)
         # Requests that come without a request id get this learner's own.
         self._client_id = secrets.randbits(62) | 1
         self._sequence = 0
@@ -285,6 +287,12 @@ class KvServicer(pb_grpc.KvServiceServicer):
         self, context: grpc.aio.ServicerContext[Any, Any], command: pb.Command
     ) -> pb.CommandResult:
         bind_request(context, client_id=command.client_id, sequence=command.sequence)
+        if command.ByteSize() > self.max_command_bytes:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is {command.ByteSize()} bytes; the limit for key and value together "
+                f"is about {self.max_command_bytes} bytes",
+            )
         if command.client_id and command.sequence == 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "request_id.sequence must be >= 1"
@@ -307,6 +315,8 @@ class KvServicer(pb_grpc.KvServiceServicer):
                 result = stored
         except NoLeader as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except grpc.aio.AioRpcError as exc:  # a final answer from the proposer
+            await context.abort(exc.code(), f"proposer: {exc.details()}")
         except OutcomeUnknown as exc:
             await context.abort(
                 grpc.StatusCode.ABORTED,

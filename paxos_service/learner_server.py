@@ -151,7 +151,8 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
         acceptors = connect_acceptors(config.acceptors, config.max_value_bytes)
         replica = Replica(machine, acceptors, executor)
         replica.start()
-        kv = KvServicer(replica, LogAppender(config.proposers, config.max_value_bytes))
+        appender = LogAppender(config.proposers, config.max_value_bytes)
+        kv = KvServicer(replica, appender, config.max_value_bytes)
     servicer = LearnerServicer(config, replica)
     servicer.kv = kv
 

@@ -81,7 +81,10 @@ class LogDriver:
         self.config = config
         self.acceptors = acceptors
         self.learners = learners
-        self.leader_config = leader_config or LeaderConfig()
+        self.leader_config = leader_config or LeaderConfig(
+            # Whole batches must fit the acceptors' value limit.
+            max_batch_bytes=min(512 * 1024, log_entry.max_command_bytes(config.max_value_bytes))
+        )
         self._clock = clock
         options = channel_options(config.max_value_bytes)
         self.peers: dict[int, Any] = {

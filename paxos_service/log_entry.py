@@ -23,6 +23,16 @@ NOOP = MAGIC + pb.LogEntry(noop=True).SerializeToString()
 _COMMANDS_TAG = b"\x0a"
 
 
+#: Bytes a log entry adds around each command (tag and length) and once (magic).
+PER_COMMAND_OVERHEAD = 11
+ENTRY_OVERHEAD = len(MAGIC)
+
+
+def max_command_bytes(max_value_bytes: int) -> int:
+    """The largest serialized command that still fits one Paxos value alone."""
+    return max_value_bytes - ENTRY_OVERHEAD - PER_COMMAND_OVERHEAD
+
+
 def encode_batch(commands: Sequence[bytes]) -> bytes:
     """Pack serialized ``Command`` messages into one log entry without parsing
     them again: a repeated message field is just tag, length, bytes."""

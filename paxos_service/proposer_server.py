@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from paxos_service import wire
+from paxos_service import log_entry, wire
 from paxos_service.config import ProposerConfig
 from paxos_service.log import get_logger
 from paxos_service.log_driver import LEADER_METADATA, AppendOutcomeUnknown, LogDriver, NotLeader
@@ -289,10 +289,10 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
         if not request.commands:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no commands to append")
         commands = [c.SerializeToString() for c in request.commands]
-        limit = self.driver.config.max_value_bytes
-        if sum(len(c) for c in commands) > limit:
+        limit = log_entry.max_command_bytes(self.driver.config.max_value_bytes)
+        if any(len(c) > limit for c in commands):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"commands exceed the {limit}-byte value limit"
+                grpc.StatusCode.INVALID_ARGUMENT, f"a command is larger than {limit} bytes"
             )
         remaining = context.time_remaining()
         budget = self.driver.config.propose_timeout

@@ -116,6 +116,9 @@ class LeaderConfig:
     window: int = 64
     #: At most this many commands in one instance's value.
     max_batch: int = 512
+    #: At most this many command bytes in one instance's value (one command
+    #: larger than this still goes alone: the driver bounds single commands).
+    max_batch_bytes: int = 512 * 1024
     #: Resends of one instance's Accept before the leader gives up its leadership.
     max_retransmits: int = 3
     #: Commands queued at the leader beyond this are rejected (back-pressure).
@@ -125,7 +128,8 @@ class LeaderConfig:
         timings = (self.heartbeat_interval, self.election_timeout, self.phase_timeout)
         if min(timings) <= 0 or self.heartbeat_interval >= self.election_timeout:
             raise ValueError(f"invalid leader timing: {self!r}")
-        if min(self.window, self.max_batch, self.max_queued) < 1 or self.max_retransmits < 0:
+        limits = (self.window, self.max_batch, self.max_queued, self.max_batch_bytes)
+        if min(limits) < 1 or self.max_retransmits < 0:
             raise ValueError(f"invalid leader limits: {self!r}")
 
 
@@ -551,8 +555,15 @@ class Leader:
             if instance <= self._recover_through:
                 value = self._recovered.pop(instance, self.noop_value)
             elif self._queue:
-                size = min(self.config.max_batch, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(size)]
+                batch = [self._queue.popleft()]
+                size = len(batch[0][1])
+                while (
+                    self._queue
+                    and len(batch) < self.config.max_batch
+                    and size + len(self._queue[0][1]) <= self.config.max_batch_bytes
+                ):
+                    size += len(self._queue[0][1])
+                    batch.append(self._queue.popleft())
                 tokens = tuple(token for token, _ in batch)
                 value = self._encode_batch([command for _, command in batch])
                 effects.append(Assigned(instance, tokens))

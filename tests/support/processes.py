@@ -177,3 +177,90 @@ class Cluster:
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
+
+
+@dataclass
+class KvCluster:
+    """Acceptors, proposers running the replicated log, and KV learners."""
+
+    cluster: Cluster
+    acceptors: list[Node]
+    proposers: list[Node]
+    learners: list[Node]
+
+    @property
+    def learner_addresses(self) -> list[str]:
+        return [n.address for n in self.learners]
+
+    def leader(self, timeout: float = 15.0) -> Node:
+        """The proposer that says it leads (waits for an election)."""
+        from paxos_service.v1 import paxos_pb2 as pb
+        from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+
+        found: list[Node] = []
+
+        def elected() -> bool:
+            for node in self.proposers:
+                if not node.alive():
+                    continue
+                with grpc.insecure_channel(node.address) as channel:
+                    try:
+                        reply = pb_grpc.ProposerServiceStub(channel).GetLeader(
+                            pb.GetLeaderRequest(), timeout=1
+                        )
+                    except grpc.RpcError:
+                        continue
+                if reply.is_leader:
+                    found.append(node)
+                    return True
+            return False
+
+        wait_until(elected, timeout, "a leader to be elected")
+        return found[0]
+
+    def restart_learner(self, old: Node) -> Node:
+        port = int(old.address.rsplit(":", 1)[1])
+        args = old.argv[old.argv.index("--listen") + 2 :]
+        node = self.cluster.node("learner", old.node_id, *args, port=port)
+        self.learners[self.learners.index(old)] = node
+        return node.start().wait_healthy()
+
+
+def start_kv_cluster(cluster: Cluster, *, proposers: int = 3, learners: int = 2) -> KvCluster:
+    acceptors = cluster.start_acceptors(3)
+    proposer_ports = [free_port() for _ in range(proposers)]
+    learner_ports = [free_port() for _ in range(learners)]
+    proposer_list = ",".join(f"127.0.0.1:{p}" for p in proposer_ports)
+    learner_list = ",".join(f"127.0.0.1:{p}" for p in learner_ports)
+    acceptor_list = ",".join(cluster.acceptor_addresses)
+    learner_nodes = [
+        cluster.node(
+            "learner",
+            i,
+            "--acceptors",
+            acceptor_list,
+            "--proposers",
+            proposer_list,
+            "--db",
+            str(cluster.workdir / f"learner-{i}.db"),
+            port=port,
+        ).start()
+        for i, port in enumerate(learner_ports)
+    ]
+    proposer_nodes = [
+        cluster.node(
+            "proposer",
+            i,
+            "--acceptors",
+            acceptor_list,
+            "--proposers",
+            proposer_list,
+            "--learners",
+            learner_list,
+            port=port,
+        ).start()
+        for i, port in enumerate(proposer_ports)
+    ]
+    for node in (*learner_nodes, *proposer_nodes):
+        node.wait_healthy()
+    return KvCluster(cluster, acceptors, proposer_nodes, learner_nodes)

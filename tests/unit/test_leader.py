@@ -805,3 +805,18 @@ def test_a_restarted_proposer_that_persisted_its_round_starts_above_it() -> None
     )
     assert leader.next_instance == 13
     assert leader.campaign(0.0)[0] == SendToAcceptors(PrepareRange(13, b(8)))
+
+
+def test_batches_are_capped_in_bytes_as_well_as_in_commands() -> None:
+    """A value must fit the acceptors' size limit: commands that would push a
+    batch over max_batch_bytes wait for the next instance."""
+    leader = make(config=LeaderConfig(window=1, max_batch=100, max_batch_bytes=10))
+    elect(leader)
+    effects: list[LeaderEffect] = []
+    for token in range(1, 6):
+        effects += leader.submit(token, b"x" * 4, 0.0)
+    # The window had room for one instance: token 1 went out alone at once.
+    assert [a.tokens for a in of(Assigned, effects)] == [(1,)]
+    effects = choose(leader, of(Assigned, effects)[0].instance)
+    # 4 + 4 bytes fit in 10; a third command would not.
+    assert [a.tokens for a in of(Assigned, effects)] == [(2, 3)]
