@@ -37,8 +37,9 @@ RUN groupadd --system --gid 10001 paxos \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels paxos-service
 USER 10001:10001
-# The acceptor's SQLite file lives in /var/lib/paxos (created above, owned by
-# the paxos user); Kubernetes mounts the acceptor's volume there.
+# The acceptor's and the learner's SQLite files live in /var/lib/paxos
+# (created above, owned by the paxos user); Kubernetes mounts each pod's
+# volume there.
 EXPOSE 50051
 ENTRYPOINT ["paxos"]
 CMD ["--help"]

@@ -127,7 +127,9 @@ class KvServicer(pb_grpc.KvServiceServicer):
         )
         result = await self._execute(context, command)
         return pb.PutResponse(
-            revision=result.revision, previous=result.kv, had_previous=result.found
+            revision=result.revision,
+            previous=result.kv if result.found else None,
+            had_previous=result.found,
         )
 
     async def Delete(
@@ -137,7 +139,9 @@ class KvServicer(pb_grpc.KvServiceServicer):
         command = self._command(request.request_id, delete=pb.DeleteOp(key=request.key))
         result = await self._execute(context, command)
         return pb.DeleteResponse(
-            revision=result.revision, deleted=result.succeeded, previous=result.kv
+            revision=result.revision,
+            deleted=result.succeeded,
+            previous=result.kv if result.succeeded else None,
         )
 
     async def CompareAndSwap(

@@ -33,7 +33,12 @@ SERVICE_NAME = "paxos_service.v1.LearnerService"
 class LearnerServicer(pb_grpc.LearnerServiceServicer):
     def __init__(self, config: LearnerConfig, replica: Replica | None = None) -> None:
         self.config = config
-        self.acceptors = connect_acceptors(config.acceptors, config.max_value_bytes)
+        # With a replica, share its channels: they are kept warm by catch-up polls.
+        self.acceptors = (
+            replica.acceptors
+            if replica is not None
+            else connect_acceptors(config.acceptors, config.max_value_bytes)
+        )
         self.learner = Learner(frozenset(p.acceptor_id for p in self.acceptors))
         #: The replicated log's replica, when this learner serves the KV store.
         self.replica = replica

@@ -499,20 +499,26 @@ def _check_key(history: Sequence[tuple[int, Operation]], deadline: float) -> _Fa
     fresh = False
     known_mask = 0
     unknown_mask = 0
-    # For each (known operations placed, state): the (unknown class members
-    # used, fresh) pairs already searched, all of which failed.
-    cache: dict[tuple[int, _State], list[tuple[int, bool]]] = {}
+    # For each (known operations placed, state): the unknown class members
+    # used (as bits) in the configurations already searched, all of which
+    # failed; first those with fresh False, then those with fresh True.
+    cache: dict[tuple[int, _State], tuple[list[int], list[int]]] = {}
 
     def novel(known: int, new_state: _State, unknown: int, new_fresh: bool) -> bool:
         """Record the configuration; False if one that dominates it failed."""
         seen = cache.get((known, new_state))
         if seen is None:
-            cache[(known, new_state)] = [(unknown, new_fresh)]
+            cache[(known, new_state)] = ([], [unknown]) if new_fresh else ([unknown], [])
             return True
-        for seen_unknown, seen_fresh in seen:
-            if not (seen_unknown & ~unknown) and (new_fresh or not seen_fresh):
+        unused = ~unknown
+        for used in seen[0]:
+            if not used & unused:
                 return False
-        seen.append((unknown, new_fresh))
+        if new_fresh:
+            for used in seen[1]:
+                if not used & unused:
+                    return False
+        seen[1 if new_fresh else 0].append(unknown)
         return True
 
     # One frame per operation placed: what it was, and where to resume the

@@ -42,6 +42,9 @@ READINESS_SERVICE = {
     "learner": "paxos_service.v1.LearnerService",
 }
 LIVENESS_SERVICE = "liveness"
+#: The key-value service a learner also serves (and reports health under)
+#: when it runs with a database (PAXOS_DB).
+KV_SERVICE = "paxos_service.v1.KvService"
 #: The server's default for PAXOS_SHUTDOWN_GRACE, in seconds.
 DEFAULT_SHUTDOWN_GRACE = 5.0
 

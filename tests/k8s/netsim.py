@@ -285,6 +285,15 @@ class Cluster:
 
     # -- pods ----------------------------------------------------------------
 
+    def backend(self, service: str) -> Pod:
+        """The pod a Service name resolves to here (for a ClusterIP Service,
+        the one pod that stands in for its virtual IP)."""
+        ips = {ip for ip, name in self.hosts if name == service}
+        pods = [p for p in self.pods.values() if p.ip in ips]
+        if len(pods) != 1:
+            raise SimError(f"Service {service} resolves to {len(pods)} pods here, not one")
+        return pods[0]
+
     def env_of(self, pod: Pod) -> dict[str, str]:
         env = mf.container_env(
             self.manifests, pod.container, pod.facts(), image_env(self.image, pod.name)

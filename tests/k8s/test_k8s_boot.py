@@ -3,12 +3,14 @@
 Every replica of every StatefulSet runs as its own process in its own network
 namespace, with the env and argv Kubernetes would give it (see netsim for what
 is and is not simulated). The tests then do what the kubelet and a client
-would: probe each pod, propose through the proposers' client Service, and
-read back through the learners' client Service.
+would: probe each pod, propose through the proposers' client Service, read
+back through the learners' client Service, and use the key-value store
+through that Service with the real grpcurl, as k8s/README.md shows.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import time
@@ -49,7 +51,122 @@ def get(cluster: netsim.Cluster, instance: int) -> str:
     return proc.stdout.strip()
 
 
-@pytest.mark.timeout(120)
+def grpcurl(
+    cluster: netsim.Cluster, address: str, method: str, request: dict[str, object]
+) -> dict[str, object]:
+    """One unary call with the real grpcurl from the client namespace (server
+    reflection, no proto files), as k8s/README.md shows it. `method` is
+    Service/Method; the reply is grpcurl's JSON (bytes as base64, uint64 as
+    strings)."""
+    proc = cluster.client(
+        ["grpcurl", "-plaintext", "-max-time", "20", "-d", json.dumps(request), address, method],
+        timeout=40,
+    )
+    assert proc.returncode == 0, (
+        f"grpcurl {method} {request} to {address} failed: {proc.stderr}\n{cluster.logs()}"
+    )
+    reply: dict[str, object] = json.loads(proc.stdout or "{}")
+    return reply
+
+
+def learner_client(cluster: netsim.Cluster) -> str:
+    svc, port = mf.client_service(cluster.manifests, "learner")
+    return f"{svc['metadata']['name']}:{port}"
+
+
+def kv_get(cluster: netsim.Cluster, address: str, key: str, *, stale: bool = False) -> str | None:
+    """The value of `key` (decoded) through KvService/Get, or None if absent.
+    A default Get goes through the log (linearizable); a stale one is served
+    from this learner's own replica."""
+    request: dict[str, object] = {"key": key}
+    if stale:
+        request["stale"] = True
+    reply = grpcurl(cluster, address, f"{mf.KV_SERVICE}/Get", request)
+    if not reply.get("found"):
+        return None
+    kv = reply["kv"]
+    assert isinstance(kv, dict) and kv.get("key") == key, reply
+    return base64.b64decode(str(kv.get("value", ""))).decode()
+
+
+def grpc_port(pod: netsim.Pod) -> int:
+    return mf.container_port(pod.container, "grpc")
+
+
+def db_on_its_volume(cluster: netsim.Cluster, pod: netsim.Pod) -> Path:
+    """Where the pod's PAXOS_DB really is: the file on its PersistentVolume."""
+    db = Path(cluster.env_of(pod)["PAXOS_DB"])
+    (mount,) = [vm for vm in pod.container["volumeMounts"] if db.is_relative_to(vm["mountPath"])]
+    return pod.claim_dir(mount["name"]) / db.relative_to(mount["mountPath"])
+
+
+def check_key_value_store(cluster: netsim.Cluster) -> None:
+    """The replicated log and the KV store, as k8s/README.md shows them: a Put
+    and a Get through the learners' client Service with grpcurl, a read
+    through every learner, a learner restart that keeps the data (its volume),
+    and a learner that lost its volume rebuilding it from the acceptors."""
+    learners = [p for p in cluster.pods.values() if p.role == "learner"]
+    client = learner_client(cluster)
+
+    # Every learner serves the KV store and reports its health, and
+    # reflection lists it (grpcurl needs that).
+    targets = [f"{p.name}/kv={p.ip}:{grpc_port(p)}/{mf.KV_SERVICE}@3" for p in learners]
+    health = cluster.hub_run(["probe", "--wait", "10", *targets])
+    assert health.returncode == 0, health.stdout + health.stderr
+    listing = cluster.client(["grpcurl", "-plaintext", client, "list"])
+    assert mf.KV_SERVICE in listing.stdout.split(), listing.stdout + listing.stderr
+
+    # Put through whichever learner the Service picks: the learner appends
+    # the command through the leader proposer (PAXOS_PROPOSERS).
+    value = base64.b64encode(b"hello").decode()
+    put = grpcurl(cluster, client, f"{mf.KV_SERVICE}/Put", {"key": "greeting", "value": value})
+    assert int(str(put.get("revision", 0))) >= 1, put
+    assert kv_get(cluster, client, "greeting") == "hello"
+    # Every learner has it: each one's default Get goes through the log.
+    for pod in learners:
+        address = f"{pod.name}.{pod.sts['spec']['serviceName']}:{grpc_port(pod)}"
+        assert kv_get(cluster, address, "greeting") == "hello", pod.name
+
+    # Each learner's replica is on its own persistent volume.
+    for pod in learners:
+        assert db_on_its_volume(cluster, pod).is_file(), f"{pod.name}: PAXOS_DB not on its volume"
+
+    # Restart the learner behind the Service. Stop the acceptors too while it
+    # starts, so that nothing can be replayed from them: a key it still has
+    # came from its volume, with the applied instance it had reached.
+    learner = cluster.backend(client.rpartition(":")[0])
+    before = grpcurl(cluster, client, f"{mf.KV_SERVICE}/Get", {"key": "greeting", "stale": True})
+    applied = int(str(before.get("applied_instance", 0)))
+    assert before.get("found") and applied >= 1, before
+    acceptors = [p for p in cluster.pods.values() if p.role == "acceptor"]
+    cluster.stop_many([learner, *acceptors])
+    cluster.start(learner)
+    cluster.wait_serving([learner], wait=BOOT_WAIT)
+    after = grpcurl(cluster, client, f"{mf.KV_SERVICE}/Get", {"key": "greeting", "stale": True})
+    assert after.get("found"), f"{learner.name} lost its replica on restart: {after}"
+    assert int(str(after.get("applied_instance", 0))) >= applied, (before, after)
+    assert kv_get(cluster, client, "greeting", stale=True) == "hello"
+
+    # With the acceptors back, the restarted learner takes part in the log
+    # again: a write and a linearizable read through it.
+    for pod in acceptors:
+        cluster.start(pod)
+    cluster.wait_serving(wait=BOOT_WAIT)
+    value = base64.b64encode(b"again").decode()
+    grpcurl(cluster, client, f"{mf.KV_SERVICE}/Put", {"key": "greeting", "value": value})
+    assert kv_get(cluster, client, "greeting") == "again"
+
+    # A learner's volume is a replica, not the truth: one that lost it (the
+    # PVC deleted and re-created, as k8s/README.md allows) rebuilds the store
+    # from the acceptors.
+    cluster.stop(learner)
+    cluster.wipe_volumes(learner)
+    cluster.start(learner)
+    cluster.wait_serving([learner], wait=BOOT_WAIT)
+    assert kv_get(cluster, client, "greeting") == "again"
+
+
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("kustomization", list(mf.KUSTOMIZATIONS))
 def test_boot_probe_propose_and_read_back(
     kustomization: str, rendered: dict[str, mf.Manifests], boot: netsim.Boot
@@ -73,12 +190,10 @@ def test_boot_probe_propose_and_read_back(
     # Each acceptor's database is on its own persistent volume.
     for pod in cluster.pods.values():
         if pod.role == "acceptor":
-            db = Path(cluster.env_of(pod)["PAXOS_DB"])
-            (mount,) = [
-                vm for vm in pod.container["volumeMounts"] if db.is_relative_to(vm["mountPath"])
-            ]
-            on_volume = pod.claim_dir(mount["name"]) / db.relative_to(mount["mountPath"])
-            assert on_volume.is_file(), f"{pod.name}: {db} is not on its volume"
+            assert db_on_its_volume(cluster, pod).is_file(), f"{pod.name}: PAXOS_DB not on it"
+
+    # The replicated log and the key-value store on the learners.
+    check_key_value_store(cluster)
 
     # SIGTERM drains within PAXOS_SHUTDOWN_GRACE, well inside the pods'
     # terminationGracePeriodSeconds, so the kubelet never needs SIGKILL.

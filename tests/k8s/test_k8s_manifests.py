@@ -175,6 +175,57 @@ def test_peer_lists_name_every_acceptor_and_learner_in_ordinal_order(m: mf.Manif
     _peer_list(m, env_of(m, mf.sts_of_role(m, "proposer")), "PAXOS_LEARNERS", "learner")
 
 
+def test_proposer_list_matches_the_proposer_replicas(m: mf.Manifests) -> None:
+    """PAXOS_PROPOSERS turns on the replicated log. Proposer i runs with id i
+    and must find itself at position i; one with no entry (replicas raised,
+    list not) refuses to start; an entry with no pod (list raised, replicas
+    not) gets heartbeats and redirects that go nowhere. So the list names
+    every proposer pod in ordinal order, one entry per replica, and the
+    proposers and the learners (which append KV commands through the
+    leader) read the same list."""
+    lists = {}
+    for role in ("proposer", "learner"):
+        env = env_of(m, mf.sts_of_role(m, role))
+        assert "PAXOS_PROPOSERS" in env, f"the {role}s have no PAXOS_PROPOSERS"
+        _peer_list(m, env, "PAXOS_PROPOSERS", "proposer")
+        lists[role] = env["PAXOS_PROPOSERS"]
+    assert lists["proposer"] == lists["learner"], lists
+    # Every ordinal sees the same list, its own entry included.
+    proposers = mf.sts_of_role(m, "proposer")
+    for ordinal in range(mf.replicas(proposers)):
+        assert env_of(m, proposers, ordinal)["PAXOS_PROPOSERS"] == lists["proposer"]
+
+
+def _configmaps_used_by(m: mf.Manifests, sts: mf.Obj) -> set[str]:
+    container = mf.only_container(sts)
+    names = {s["configMapRef"]["name"] for s in container.get("envFrom") or []}
+    for var in container.get("env") or []:
+        ref = (var.get("valueFrom") or {}).get("configMapKeyRef")
+        if ref:
+            names.add(ref["name"])
+    return names
+
+
+def test_scaling_proposers_or_learners_never_rolls_the_acceptors(m: mf.Manifests) -> None:
+    """Generated ConfigMap names carry a hash of all their data, so a changed
+    key rolls every pod that uses that ConfigMap. The lists that change when
+    proposers or learners are scaled must not sit in one the acceptors use:
+    an acceptor roll is a needless risk to the quorum."""
+    acceptor = mf.sts_of_role(m, "acceptor")
+    for name in _configmaps_used_by(m, acceptor):
+        data = m.configmap_data(name, mf.namespace_of(acceptor)) or {}
+        for key in ("PAXOS_PROPOSERS", "PAXOS_LEARNERS"):
+            assert key not in data, f"the acceptors use ConfigMap {name}, which holds {key}"
+
+
+def test_learners_serve_the_key_value_store(m: mf.Manifests) -> None:
+    """With PAXOS_DB a learner keeps a KV replica and serves KvService; it then
+    needs PAXOS_PROPOSERS (the server refuses to start without it)."""
+    env = env_of(m, mf.sts_of_role(m, "learner"))
+    assert env.get("PAXOS_DB", "").strip(), "learners without PAXOS_DB serve no KV store"
+    assert env.get("PAXOS_PROPOSERS", "").strip()
+
+
 def test_no_ip_literals_in_configuration(m: mf.Manifests) -> None:
     """Pod IPs change on every reschedule; peers must be DNS names."""
     for sts in m.statefulsets:
@@ -256,8 +307,12 @@ def test_liveness_does_not_kill_slow_nodes(m: mf.Manifests) -> None:
 # Storage, disruption and upgrades
 
 
-def test_acceptor_database_is_on_its_own_persistent_volume(m: mf.Manifests) -> None:
-    sts = mf.sts_of_role(m, "acceptor")
+@pytest.mark.parametrize("role", ["acceptor", "learner"])
+def test_database_is_on_its_own_persistent_volume(m: mf.Manifests, role: str) -> None:
+    """An acceptor's promises, and a learner's KV replica with its applied
+    instance, must survive a restart or a reschedule: each pod's PAXOS_DB is
+    on its own ReadWriteOnce claim, and claims are never deleted for it."""
+    sts = mf.sts_of_role(m, role)
     claims = {c["metadata"]["name"]: c for c in sts["spec"]["volumeClaimTemplates"]}
     db = env_of(m, sts)["PAXOS_DB"]
     (mount,) = [
@@ -350,8 +405,13 @@ def test_security_context(m: mf.Manifests, image: mf.Image) -> None:
         assert pod.get("enableServiceLinks") is False, name
         mounts = {vm["mountPath"] for vm in container.get("volumeMounts", [])}
         assert "/tmp" in mounts, f"{name}: no writable /tmp on a read-only root"
-    acceptor = mf.sts_of_role(m, "acceptor")["spec"]["template"]["spec"]
-    assert acceptor["securityContext"].get("fsGroup") == image.gid
+    # Pods with volumes (acceptors, learners) can write to them.
+    for sts in m.statefulsets:
+        if sts["spec"].get("volumeClaimTemplates"):
+            pod = sts["spec"]["template"]["spec"]
+            assert pod["securityContext"].get("fsGroup") == image.gid, sts["metadata"]["name"]
+    for role in ("acceptor", "learner"):
+        assert mf.sts_of_role(m, role)["spec"].get("volumeClaimTemplates"), role
 
 
 def test_overlay_keeps_the_acceptor_membership(rendered: dict[str, mf.Manifests]) -> None:
