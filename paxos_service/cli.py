@@ -147,6 +147,32 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="every proposer's address in id order, this one included; enables the replicated "
         "log with leader election [env PAXOS_PROPOSERS]",
     )
+    seconds = _typed(lambda t: parse_positive_float(t, "seconds"), "seconds")
+    proposer.add_argument(
+        "--heartbeat-interval",
+        type=seconds,
+        default=_env("heartbeat_interval") or 0.05,
+        help="log leader's heartbeat period, s (default 0.05) [env PAXOS_HEARTBEAT_INTERVAL]",
+    )
+    proposer.add_argument(
+        "--election-timeout",
+        type=seconds,
+        default=_env("election_timeout") or 0.3,
+        help="campaign after a random [T, 2T) without a heartbeat, s (default 0.3) "
+        "[env PAXOS_ELECTION_TIMEOUT]",
+    )
+    proposer.add_argument(
+        "--window",
+        type=_typed(_int_at_least(1), "count"),
+        default=_env("window") or 64,
+        help="log instances in phase 2 at once (default 64) [env PAXOS_WINDOW]",
+    )
+    proposer.add_argument(
+        "--max-batch",
+        type=_typed(_int_at_least(1), "count"),
+        default=_env("max_batch") or 512,
+        help="commands per log instance at most (default 512) [env PAXOS_MAX_BATCH]",
+    )
     proposer.add_argument(
         "--propose-timeout",
         type=_typed(lambda t: parse_positive_float(t, "timeout"), "seconds"),
@@ -242,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     learners=args.learners or [],
                     proposers=args.proposers or [],
                     propose_timeout=float(args.propose_timeout),
+                    heartbeat_interval=float(args.heartbeat_interval),
+                    election_timeout=float(args.election_timeout),
+                    window=int(args.window),
+                    max_batch=int(args.max_batch),
                 ),
                 "proposer",
                 args.log_level,

@@ -101,6 +101,13 @@ class ProposerConfig(ServerConfig):
     propose_timeout: float = 10.0
     #: Seconds to wait for a quorum in one phase before retrying higher.
     phase_timeout: float = 1.0
+    #: The replicated log's leader: heartbeat period and election timeout
+    #: (a follower campaigns after a random time in [T, 2T) without one).
+    heartbeat_interval: float = 0.05
+    election_timeout: float = 0.3
+    #: Log instances in phase 2 at once, and commands per instance.
+    window: int = 64
+    max_batch: int = 512
 
 
 @dataclass(frozen=True)

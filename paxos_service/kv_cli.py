@@ -71,6 +71,10 @@ def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
     return _converter(parse, "integer")
 
 
+#: Where `paxos cluster` (and so `make run`) puts its learner by default.
+LOCAL_CLUSTER_LEARNER = "127.0.0.1:50056"
+
+
 def add_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
@@ -84,9 +88,10 @@ def add_parser(
     kv.add_argument(
         "--learners",
         type=_converter(parse_address_list, "addresses"),
-        default=os.environ.get("PAXOS_LEARNERS") or None,
+        default=os.environ.get("PAXOS_LEARNERS") or LOCAL_CLUSTER_LEARNER,
         metavar="HOST:PORT,...",
-        help="comma-separated learner addresses; tried in turn [env PAXOS_LEARNERS]",
+        help="comma-separated learner addresses; tried in turn (default: the learner of "
+        f"`paxos cluster`, {LOCAL_CLUSTER_LEARNER}) [env PAXOS_LEARNERS]",
     )
     kv.add_argument(
         "--timeout",

@@ -81,9 +81,18 @@ class LogDriver:
         self.config = config
         self.acceptors = acceptors
         self.learners = learners
+        if config.heartbeat_interval >= config.election_timeout:
+            raise ConfigError(
+                f"--heartbeat-interval ({config.heartbeat_interval}s) must be shorter than "
+                f"--election-timeout ({config.election_timeout}s)"
+            )
         self.leader_config = leader_config or LeaderConfig(
+            heartbeat_interval=config.heartbeat_interval,
+            election_timeout=config.election_timeout,
+            window=config.window,
+            max_batch=config.max_batch,
             # Whole batches must fit the acceptors' value limit.
-            max_batch_bytes=min(512 * 1024, log_entry.max_command_bytes(config.max_value_bytes))
+            max_batch_bytes=min(512 * 1024, log_entry.max_command_bytes(config.max_value_bytes)),
         )
         self._clock = clock
         options = channel_options(config.max_value_bytes)
