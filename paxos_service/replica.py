@@ -16,6 +16,7 @@ under different ballots), the current leader's retransmissions will make one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,7 +87,9 @@ class Replica:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for watcher in list(self._watchers):
-            watcher.queue.put_nowait(None) if not watcher.queue.full() else None
+            # Tell live watch streams to end (a full queue ends on overflow anyway).
+            with contextlib.suppress(asyncio.QueueFull):
+                watcher.queue.put_nowait(None)
 
     # Inputs --------------------------------------------------------------
 
