@@ -42,35 +42,54 @@ The rules, in one place:
 
 How the search works:
 
-* Keys are independent (P-compositionality, Herlihy and Wing section 3.3;
-  Horn and Kroening 2015), so each key's sub-history is checked on its own
-  and the first failing key (in sorted key order) is reported.
+* Keys are independent (the locality of linearizability, Herlihy and Wing;
+  P-compositionality, Horn and Kroening 2015), so each key's sub-history is checked on its own
+  and the first failing key is reported: first any key with a read of a
+  value that no operation could have written by then (a linear scan that
+  needs no search), then the first key, in sorted order, that the search
+  rejects.
 * Per key, the search is Wing and Gong's (1993) depth-first search over
   "which operation takes effect next", with Lowe's (2017) memoisation: a
-  configuration is the set of operations already linearized plus the model
-  state, and a configuration seen before is never searched again, because
-  it already failed. Like Porcupine's ``checkSingle``, the history is a
-  doubly linked list of call and return entries sorted by time; the
-  candidates for "next" are the calls before the first return entry, and
-  linearizing an operation unlinks its two entries (restored on backtrack),
-  so each step costs O(concurrency). The search is a loop with an explicit
-  stack, never recursion.
-* Operations of unknown outcome would make the search exponential if it
-  tried every subset of them at every point, so it uses two facts that hold
-  because such an operation may also never take effect:
+  configuration is the set of operations placed so far plus the model
+  state, and reaching a configuration already searched (which therefore
+  failed) prunes the branch. As in Porcupine's ``checkSingle``, the
+  known-outcome operations form a doubly linked list of call and return
+  entries sorted by time. The candidates to go next are the calls before
+  the first return entry, placing one unlinks its two entries (restored on
+  backtrack), and so a step costs O(concurrency). The search is a loop
+  over an explicit stack, never recursion.
+* An operation of unknown outcome has no return entry, so nothing forces
+  it; the history is accepted once every known-outcome operation is placed.
+  Each configuration tries the known-outcome candidates first and only
+  then the unknown ones, under four rules. Each rule holds because any
+  linearization can be rewritten into one that obeys it, by dropping an
+  unknown operation (it may never have taken effect) or moving it later
+  (it may take effect at any time after its invoke), so the check stays
+  exact:
 
-  1. A configuration that has fewer unknown operations still unused (same
-     linearized known operations, same state) is dominated by one with
-     more, so the memo prunes it.
-  2. Applying an unknown write is only useful if something observes it
-     before it is overwritten. The search never applies an unknown write
-     directly before a put or delete (which would overwrite it unseen), and
-     never applies an unknown cas whose comparison fails (a no-op).
+  1. Interchangeable: once invoked, unknown operations with the same call
+     (kind, value, expected) are interchangeable, so they form one class
+     and the memo records how many of each class were used. A
+     configuration that used at least as many of every class as one that
+     already failed, with the same known operations placed and the same
+     state, is pruned.
+  2. Observed: an unknown write is applied only if it changes the state
+     and the very next operation observes the new state: a get that
+     returns it, a cas that compares equal to it (possibly a chain of
+     unknown cas operations ending in one of these), or a cas that did not
+     swap but would have swapped on the state before the write.
+  3. Unread values: written values that no get returns and no cas expects
+     cannot be told apart by the model, so the search treats them as one.
+  4. Spare writes: when any change of state will do (to let a pending cas
+     fail), one write of a value that nothing left to place can observe is
+     as good as another, so only one of them is tried.
 
-  Any linearization can be rewritten, by dropping such useless unknown
-  operations, into one the search does try, so both rules keep the check
-  exact. Once every operation of known outcome is placed the history is
-  accepted: leftover unknown operations simply never took effect.
+  Checking histories with unknown outcomes is NP-complete in general
+  (Gibbons and Korach, 1997, for registers). The search stays fast when
+  every write writes a value nothing else writes, because then each read
+  names the write it saw; with a few values reused by many writes of
+  unknown outcome, proving a history non-linearizable can exhaust the
+  budget. Give chaos histories unique values.
 
 The JSONL format (:func:`history_to_jsonl`, :func:`history_from_jsonl`): one
 JSON object per line, with the fields of :class:`Operation`. Byte strings
@@ -122,7 +141,7 @@ _STATUSES: Final = ("ok", "fail", "unknown")
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 
 # How many search steps run between two looks at the clock.
-_CLOCK_EVERY: Final = 4096
+_CLOCK_EVERY: Final = 1024
 # How many operations of the longest linearizable prefix an explanation shows.
 _PREFIX_SHOWN: Final = 12
 
@@ -235,7 +254,7 @@ class _Failure:
 
     prefix: list[int]  # positions (in the key's sub-history) in linearization order
     stuck: int  # the operation whose reply arrived before it could be placed
-    candidates: list[int]  # operations that were invoked and not yet placed
+    candidates: list[int]  # known-outcome operations invoked by then and not placed
 
 
 class _Timeout(Exception):
@@ -259,9 +278,28 @@ def check_history(
             continue
         by_key.setdefault(op.key, []).append((position, op))
 
+    keys = sorted(by_key)
+    # A read of a value that nothing wrote in time needs no search, and
+    # finding it first means a search that runs out of budget on another key
+    # cannot hide it.
+    scanned = 0
+    for keys_scanned, key in enumerate(keys, start=1):
+        history = by_key[key]
+        scanned += len(history)
+        bad_read = _unwritten_read(history)
+        if bad_read is not None:
+            return CheckResult(
+                linearizable=False,
+                keys_checked=keys_scanned,
+                operations_checked=scanned,
+                bad_key=key,
+                explanation=_explain_unwritten_read(key, history, bad_read),
+                timed_out=False,
+            )
+
     keys_checked = 0
     operations_checked = 0
-    for key in sorted(by_key):
+    for key in keys:
         history = by_key[key]
         try:
             failure = _check_key(history, deadline)
@@ -274,7 +312,7 @@ def check_history(
                 explanation=(
                     f"unknown (budget exhausted): the {timeout_seconds:g} s search budget ran "
                     f"out while checking key {key!r} ({len(history)} operations); "
-                    f"{keys_checked} of {len(by_key)} keys were linearizable before it"
+                    f"{keys_checked} of {len(keys)} keys were linearizable before it"
                 ),
                 timed_out=True,
             )
@@ -289,7 +327,7 @@ def check_history(
                 explanation=_explain_failure(key, history, failure),
                 timed_out=False,
             )
-    ignored_note = f"; {ignored} failed or unknown-outcome reads ignored" if ignored else ""
+    ignored_note = f"; {ignored} ignored (failed, or reads of unknown outcome)" if ignored else ""
     return CheckResult(
         linearizable=True,
         keys_checked=keys_checked,
@@ -300,6 +338,30 @@ def check_history(
         ),
         timed_out=False,
     )
+
+
+def _unwritten_read(history: Sequence[tuple[int, Operation]]) -> int | None:
+    """The first completed get or swapping cas that observed a value which no
+    operation on the key could have written before it returned, if any."""
+    first_write: dict[bytes | None, float] = {}
+    for _, op in history:
+        may_write = op.kind == "put" or (
+            op.kind == "cas" and (op.status != "ok" or op.output is True)
+        )
+        if may_write and op.invoke < first_write.get(op.value, math.inf):
+            first_write[op.value] = op.invoke
+    for i, (_, op) in enumerate(history):
+        if op.status != "ok" or op.complete is None:
+            continue
+        if op.kind == "get" and isinstance(op.output, bytes):
+            observed: bytes = op.output
+        elif op.kind == "cas" and op.output is True and op.expected is not None:
+            observed = op.expected
+        else:
+            continue
+        if first_write.get(observed, math.inf) > op.complete:
+            return i
+    return None
 
 
 def _check_key(history: Sequence[tuple[int, Operation]], deadline: float) -> _Failure | None:
@@ -388,12 +450,15 @@ def _check_key(history: Sequence[tuple[int, Operation]], deadline: float) -> _Fa
     class_used = [0] * len(class_ops)
     write_class: dict[object, int] = {}  # put and delete classes by the state they leave
     cas_classes: dict[object, list[int]] = {}  # cas classes by expected value
+    cas_leading_to: dict[object, list[int]] = {}  # cas classes by the state they leave
     for c, members in enumerate(class_ops):
         if class_kind[c] == _CAS:
             cas_classes.setdefault(op_expected[members[0]], []).append(c)
+            cas_leading_to.setdefault(class_value[c], []).append(c)
         else:
             write_class[class_value[c]] = c
-    cas_expected = set(cas_classes)
+    # Blind-write classes whose value some unknown cas expects: a chain may need them.
+    chain_starts = [c for value, c in write_class.items() if value in cas_classes]
     # The known operations that observe each value, to tell when nothing
     # left to place can observe it any more.
     observers: dict[object, int] = {}
@@ -432,21 +497,20 @@ def _check_key(history: Sequence[tuple[int, Operation]], deadline: float) -> _Fa
                         unblocks_refusal = True
             entry = nxt[entry]
 
+        # The states an operation pending now could observe next: those it
+        # reads, and those a chain of available unknown cas operations turns
+        # into one it reads.
+        observable: set[object] = set(reads)
+        todo = [] if unblocks_refusal else list(reads)
+        while todo:
+            for c in cas_leading_to.get(todo.pop(), ()):
+                expected = op_expected[class_ops[c][0]]
+                if expected not in observable and available(c):
+                    observable.add(expected)
+                    todo.append(expected)
+
         def observed(value: object) -> bool:
-            """Whether an operation pending now could observe `value` next,
-            directly or after a chain of unknown cas operations."""
-            if unblocks_refusal:
-                return True
-            todo, seen = [value], {value}
-            while todo:
-                value = todo.pop()
-                if value in reads:
-                    return True
-                for c in cas_classes.get(value, ()):
-                    if class_value[c] not in seen and available(c):
-                        seen.add(class_value[c])
-                        todo.append(class_value[c])
-            return False
+            return unblocks_refusal or value in observable
 
         def dead(value: object) -> bool:
             """Whether no operation left to place can ever observe `value`,
@@ -468,8 +532,8 @@ def _check_key(history: Sequence[tuple[int, Operation]], deadline: float) -> _Fa
             if class_value[c] != state and available(c) and observed(class_value[c])
         ]
         if fresh:
-            pass
-        elif unblocks_refusal:
+            return candidates  # a blind write now would hide the one just applied
+        if unblocks_refusal:
             # Any blind write unblocks the refusal. Of those whose value
             # nothing left to place observes, one is as good as another
             # (rule 4 in the module docstring).
@@ -485,9 +549,11 @@ def _check_key(history: Sequence[tuple[int, Operation]], deadline: float) -> _Fa
             if spare >= 0:
                 candidates.append(spare)
         else:
-            for value in reads | cas_expected:
-                c = write_class.get(value, -1)
-                if c >= 0 and value != state and available(c) and observed(value):
+            wanted = {write_class[value] for value in reads if value in write_class}
+            wanted.update(chain_starts)
+            for c in wanted:
+                value = class_value[c]
+                if value != state and available(c) and observed(value):
                     candidates.append(c)
         candidates.sort()  # classes are numbered by invoke: a reproducible order
         return candidates
@@ -703,6 +769,17 @@ def _explain_failure(key: str, history: Sequence[tuple[int, Operation]], failure
     return "\n".join(lines)
 
 
+def _explain_unwritten_read(key: str, history: Sequence[tuple[int, Operation]], i: int) -> str:
+    position, op = history[i]
+    observed = op.output if op.kind == "get" else op.expected
+    return (
+        f"not linearizable: key {key!r}: #{position} {_describe(op)} observed "
+        f"{_show_value(observed)}, but no put or cas on this key that could have written it "
+        f"was invoked before {op.complete!r} (#N is an operation's position in the history "
+        "as given)"
+    )
+
+
 def _apply(op: Operation, state: bytes | None) -> bytes | None:
     """The state after ``op`` takes effect on ``state`` (the sequential model)."""
     if op.kind == "put" or (op.kind == "cas" and state == op.expected):
@@ -713,20 +790,13 @@ def _apply(op: Operation, state: bytes | None) -> bytes | None:
 
 
 def _why(op: Operation, state: bytes | None) -> str:
-    """Why ``op`` can or cannot be applied next to ``state``."""
-    unknown = op.status != "ok"
-    if op.kind == "get":
-        if op.output == state:
-            return "reads the current value; the operations after it could not all be placed"
+    """Why the known-outcome ``op`` can or cannot go next, on ``state``."""
+    if op.kind == "get" and op.output != state:
         return f"cannot be next: it read {_show_value(op.output)} (value is {_show_value(state)})"
-    if op.kind == "cas":
-        swaps = state == op.expected
-        if unknown and not swaps:
-            return f"would not swap (value is {_show_value(state)}), so it changes nothing"
-        if not unknown and swaps != op.output:
-            outcome = "swapped" if op.output else "did not swap"
-            return f"cannot be next: it {outcome}, but the value is {_show_value(state)}"
-    return "could go next, but the operations after it could not all be placed"
+    if op.kind == "cas" and (state == op.expected) != op.output:
+        outcome = "swapped" if op.output else "did not swap"
+        return f"cannot be next: it {outcome}, but the value is {_show_value(state)}"
+    return "could go next, but then the operations after it could not all be placed"
 
 
 def _describe(op: Operation) -> str:
@@ -787,12 +857,12 @@ def history_from_jsonl(path: str | os.PathLike[str]) -> list[Operation]:
     Raises :class:`HistoryError` (naming the line) for a malformed record.
     """
     ops = []
-    with Path(path).open(encoding="utf-8") as lines:
+    with Path(path).open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                ops.append(_decode_operation(json.loads(line)))
+                ops.append(_decode_operation(json.loads(line)))  # UTF-8 errors included
             except (HistoryError, ValueError, TypeError, KeyError) as exc:
                 raise HistoryError(f"{path}:{number}: {exc}") from exc
     return ops
