@@ -79,3 +79,20 @@ k8s-check: install
 image:
 	docker build -t $(IMAGE) .
 # ---- end k8s -----------------------------------------------------------------
+
+# ---- bench: the benchmark (issue 6) ------------------------------------------
+# Appended as one block; owned by the benchmark work. See docs/performance.md.
+.PHONY: bench
+
+# `make bench` sweeps concurrency 1,16,64,256 (puts and gets, 10 s each) on a
+# local cluster. Make cannot pass `--compare etcd` itself (`make bench
+# --compare etcd` is an error: make reads the flag as its own), so:
+#   make bench COMPARE=etcd                       # etcd 3-member cluster, same run
+#   make bench ARGS="--levels 1,64 --duration 5"  # any other flag of the benchmark
+# Results go to data/bench/ (bench.json, bench.txt, bench.png with matplotlib).
+COMPARE ?=
+ARGS ?=
+
+bench: install
+	$(BIN)/python -m paxos_service.bench $(if $(COMPARE),--compare $(COMPARE)) $(ARGS)
+# ---- end bench ---------------------------------------------------------------

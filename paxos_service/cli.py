@@ -229,6 +229,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     get.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
 
     kv_cli.add_parser(sub)
+    # `paxos bench` has its own parser (paxos_service.bench); listed here for --help.
+    sub.add_parser("bench", help="benchmark a local cluster (--compare etcd: against etcd)")
     return parser, dict(sub.choices)
 
 
@@ -249,6 +251,11 @@ def _server_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from paxos_service.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
     sub = subparsers[args.command]
