@@ -164,8 +164,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     proposer.add_argument(
         "--window",
         type=_typed(_int_at_least(1), "count"),
-        default=_env("window") or 64,
-        help="log instances in phase 2 at once (default 64) [env PAXOS_WINDOW]",
+        default=_env("window") or 4,
+        help="log instances in phase 2 at once (default 4; commands queue into batches meanwhile) [env PAXOS_WINDOW]",
     )
     proposer.add_argument(
         "--max-batch",

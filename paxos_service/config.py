@@ -106,7 +106,7 @@ class ProposerConfig(ServerConfig):
     heartbeat_interval: float = 0.05
     election_timeout: float = 0.3
     #: Log instances in phase 2 at once, and commands per instance.
-    window: int = 64
+    window: int = 4
     max_batch: int = 512
 
 

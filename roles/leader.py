@@ -113,7 +113,7 @@ class LeaderConfig:
     #: Phase 1, or one instance's phase 2, without a quorum: re-campaign or resend.
     phase_timeout: float = 0.5
     #: At most this many instances between chosen_through and the next free one.
-    window: int = 64
+    window: int = 4
     #: At most this many commands in one instance's value.
     max_batch: int = 512
     #: At most this many command bytes in one instance's value (one command
