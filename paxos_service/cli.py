@@ -165,7 +165,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--window",
         type=_typed(_int_at_least(1), "count"),
         default=_env("window") or 4,
-        help="log instances in phase 2 at once (default 4; commands queue into batches meanwhile) [env PAXOS_WINDOW]",
+        help="log instances in phase 2 at once (default 4; commands arriving meanwhile "
+        "share the next one) [env PAXOS_WINDOW]",
     )
     proposer.add_argument(
         "--max-batch",
