@@ -10,35 +10,48 @@ implies "every earlier write is done".
 
 If a commit fails, the acceptor stops voting for good: every later request gets
 UNAVAILABLE and health turns NOT_SERVING. It never replies without persisting.
+
+Identity safety (:mod:`paxos_service.identity`): an acceptor votes only while
+its :class:`~paxos_service.identity.IdentityGuard` says so. A new database
+joins first, one whose id voted before with another database never votes, and
+a rebuilt one never votes on the instances its lost self may have voted on.
+Otherwise votes get UNAVAILABLE saying why, and the readiness health name is
+NOT_SERVING. ``Introduce`` and ``GetRecoveryInfo`` are answered either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
 
 from paxos_service import wire
 from paxos_service.config import AcceptorConfig
+from paxos_service.identity import STANDING_TO_PB, IdentityGuard
 from paxos_service.log import get_logger
 from paxos_service.server import RoleServer, bind_request, start_server
-from paxos_service.storage import AcceptorStorage, StorageError
+from paxos_service.storage import AcceptorFile, AcceptorStorage, StorageError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from roles import (
     Accepted,
     Acceptor,
     AcceptorState,
+    NotVoting,
     Promise,
     PromiseRange,
     ProtocolError,
     RangePromise,
     Reject,
 )
+from roles.recovery import summarize
+
+T = TypeVar("T")
 
 SERVICE_NAME = "paxos_service.v1.AcceptorService"
 #: Most entries one GetAcceptedRange returns.
@@ -87,6 +100,11 @@ class GroupCommitter:
         self._wakeup.set()
         return self._pending_done
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a storage call on the storage thread (in order with the commits:
+        the SQLite connection is used from that one thread only)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def barrier(self) -> None:
         """Wait until every write queued so far is durable."""
         if self._last_done is not None and not self._last_done.done():
@@ -127,9 +145,13 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         states: dict[int, AcceptorState],
         committer: GroupCommitter,
         range_promise: RangePromise | None = None,
+        identity: IdentityGuard | None = None,
+        no_vote_through: int = 0,
     ) -> None:
         self.config = config
-        self.acceptor = Acceptor(config.node_id)
+        self.acceptor = Acceptor(config.node_id, no_vote_through)
+        #: Whether this acceptor may vote at all; None: always (tests).
+        self.identity = identity
         #: The latest state of each instance, including writes not yet committed.
         #: Replies never leave before the writes they depend on are committed.
         self.states = states
@@ -200,6 +222,8 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             step = self.acceptor.on_prepare_range(self.range_promise, later, msg)
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotVoting as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if step.persist:
             self.range_promise = step.range_promise
             self.committer.write_range_promise(step.range_promise)
@@ -230,6 +254,88 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         await self._wait_durable(context)
         return pb.GetAcceptedRangeResponse(accepted=[wire.accepted_to_pb(a) for a in entries])
 
+    async def close(self) -> None:
+        """Stop the background work (introductions, commits)."""
+        if self.identity is not None:
+            await self.identity.stop()
+        await self.committer.stop()
+
+    # Identity safety ----------------------------------------------------
+
+    async def Introduce(
+        self, request: pb.IntroduceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.IntroduceResponse:
+        await self._check_peer_request(context, request.cluster_id, request.acceptor_id)
+        if not request.incarnation:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "incarnation is required")
+        assert self.identity is not None
+        try:
+            known = await self.identity.record_peer(
+                request.acceptor_id, request.incarnation, request.replace
+            )
+        except StorageError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"acceptor {self.config.node_id} could not record the introduction ({exc})",
+            )
+        return pb.IntroduceResponse(
+            acceptor_id=self.config.node_id,
+            cluster_id=self.config.cluster_id,
+            incarnation=self.identity.incarnation,
+            status=self.status(),
+            known_incarnation=known,
+            has_state=bool(self.states) or not self.range_promise.ballot.is_zero,
+        )
+
+    async def GetRecoveryInfo(
+        self, request: pb.GetRecoveryInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetRecoveryInfoResponse:
+        await self._check_peer_request(context, request.cluster_id, None)
+        assert self.identity is not None
+        promised, highest_accepted = summarize(self.states, self.range_promise)
+        status = self.status()
+        # It may describe writes still being committed.
+        await self._wait_durable(context)
+        return pb.GetRecoveryInfoResponse(
+            acceptor_id=self.config.node_id,
+            incarnation=self.identity.incarnation,
+            status=status,
+            promised_ballot=wire.ballot_to_pb(promised),
+            highest_accepted_instance=highest_accepted,
+            no_vote_through=self.acceptor.no_vote_through,
+            known_incarnation=self.identity.members.get(request.acceptor_id, ""),
+        )
+
+    def status(self) -> pb.AcceptorStatus.ValueType:
+        if self.committer.failure is not None:
+            return pb.ACCEPTOR_STATUS_STORAGE_FAILED
+        if self.identity is None:
+            return pb.ACCEPTOR_STATUS_VOTING
+        return STANDING_TO_PB[self.identity.standing]
+
+    async def _check_peer_request(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        cluster_id: str,
+        acceptor_id: int | None,
+    ) -> None:
+        if self.identity is None:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "this acceptor does not track identities"
+            )
+        if cluster_id != self.config.cluster_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"acceptor {self.config.node_id} belongs to cluster {self.config.cluster_id!r}, "
+                f"not {cluster_id!r}: check --cluster-id and --acceptors",
+            )
+        if acceptor_id is not None and acceptor_id == self.config.node_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this is acceptor {acceptor_id} itself: two acceptors run with --id "
+                f"{acceptor_id}, or --acceptors is wrong",
+            )
+
     # Internals ----------------------------------------------------------
 
     async def _parse(self, context: grpc.aio.ServicerContext[Any, Any], parse: Any) -> Any:
@@ -246,6 +352,8 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             step = step_fn(self.states.get(instance, AcceptorState()))
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotVoting as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if step.persist:
             # Later messages see this state at once; nobody hears of it before it is durable.
             if instance not in self.states:
@@ -264,6 +372,8 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
                 f"acceptor {self.config.node_id} stopped voting after a storage failure "
                 f"({self.committer.failure}); restart it once storage is healthy",
             )
+        if self.identity is not None and not self.identity.voting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.identity.refusal())
 
     async def _wait_durable(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
@@ -280,22 +390,53 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
 
 
 async def start_acceptor(
-    config: AcceptorConfig, storage: AcceptorStorage
+    config: AcceptorConfig, storage: AcceptorFile, acceptors: Sequence[str] = ()
 ) -> tuple[RoleServer, AcceptorServicer]:
-    """Load all state from ``storage`` (already opened and checked) and serve."""
+    """Load all state from ``storage`` (already opened and checked) and serve.
+
+    ``acceptors`` lists every acceptor's address in id order, this one's
+    included; it turns the identity checks on (see :mod:`paxos_service.identity`).
+    """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor-storage")
     loop = asyncio.get_running_loop()
     states = await loop.run_in_executor(executor, storage.load_all)
     range_promise = await loop.run_in_executor(executor, storage.load_range_promise)
     committer = GroupCommitter(storage, executor)
     committer.start()
-    servicer = AcceptorServicer(config, states, committer, range_promise)
-    role = await start_server(
-        config,
-        SERVICE_NAME,
-        lambda server: pb_grpc.add_AcceptorServiceServicer_to_server(servicer, server),
+    identity = IdentityGuard(
+        acceptor_id=config.node_id,
+        cluster_id=config.cluster_id,
+        db_path=config.db_path,
+        storage=storage,
+        run_storage=committer.run,
+        acceptors=list(acceptors),
     )
+    try:
+        await identity.start()
+    except BaseException:
+        await committer.stop()
+        raise
+    servicer = AcceptorServicer(
+        config, states, committer, range_promise, identity, storage.no_vote_through
+    )
+    try:
+        role = await start_server(
+            config,
+            SERVICE_NAME,
+            lambda server: pb_grpc.add_AcceptorServiceServicer_to_server(servicer, server),
+            serving=identity.voting,
+        )
+    except BaseException:
+        await committer.stop()
+        await identity.stop()
+        raise
     servicer.role_server = role
+
+    async def voting_changed(voting: bool) -> None:
+        await role.set_serving(voting and committer.failure is None)
+
+    identity.on_voting_changed = voting_changed
+    identity.launch()
     structlog.contextvars.bind_contextvars()
     get_logger().info(
         "acceptor serving",
@@ -303,5 +444,8 @@ async def start_acceptor(
         port=role.port,
         db=str(config.db_path),
         instances=len(states),
+        incarnation=storage.incarnation,
+        standing=identity.standing.value,
+        no_vote_through=storage.no_vote_through or None,
     )
     return role, servicer

@@ -1,6 +1,7 @@
 """The ``paxos`` command: run a role's server, a local cluster, or act as a client.
 
-    paxos acceptor --id ID --listen HOST:PORT --db PATH
+    paxos acceptor --id ID --listen HOST:PORT --db PATH [--acceptors A0,A1,A2]
+    paxos acceptor recover --id ID --db PATH --acceptors A0,A1,A2
     paxos proposer --id ID --listen HOST:PORT --acceptors A0,A1,A2 [--learners L0,...]
     paxos learner  --id ID --listen HOST:PORT --acceptors A0,A1,A2
     paxos cluster  [--acceptors 3] [--proposers 2] [--learners 1] [--data-dir ./data]
@@ -57,6 +58,16 @@ def _typed(fn: Callable[[str], T], name: str) -> Callable[[str], T]:
 
 def _env(option: str) -> str | None:
     return os.environ.get("PAXOS_" + option.upper().replace("-", "_")) or None
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"must be >= 0, got {text!r}")
+    return value
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -120,7 +131,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(prog="paxos", description="Classic Paxos as gRPC services.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    acceptor = sub.add_parser("acceptor", help="run an acceptor (durable, SQLite)")
+    acceptor = sub.add_parser(
+        "acceptor",
+        help="run an acceptor (durable, SQLite), or rebuild one that lost its data",
+        description="Run an acceptor. With `recover`, rebuild the database of an acceptor "
+        "that lost its data from every other acceptor instead (all must be up), so that it "
+        "can vote again; then restart it. See README.md, 'The durability contract'.",
+    )
+    acceptor.add_argument(
+        "action",
+        nargs="?",
+        choices=["recover"],
+        help="recover: rebuild this acceptor's database from its peers, then exit",
+    )
     _add_server_options(acceptor, "0.0.0.0:50051")
     acceptor.add_argument(
         "--db", type=Path, default=_env("db"), help="SQLite file of this acceptor [env PAXOS_DB]"
@@ -129,6 +152,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--cluster-id",
         default=_env("cluster_id") or "paxos",
         help="name of the cluster this acceptor's file belongs to [env PAXOS_CLUSTER_ID]",
+    )
+    acceptor.add_argument(
+        "--acceptors",
+        type=_typed(parse_address_list, "addresses"),
+        default=_env("acceptors"),
+        help="every acceptor's address in id order, this one included: turns on the checks "
+        "that keep an acceptor that lost its data from voting (needed by recover) "
+        "[env PAXOS_ACCEPTORS]",
+    )
+    acceptor.add_argument(
+        "--settle",
+        type=_typed(_non_negative_float, "seconds"),
+        default=30.0,
+        help="recover: seconds to wait before reading the peers, so that no vote of the "
+        "lost acceptor is still in flight (default 30)",
     )
 
     proposer = sub.add_parser("proposer", help="run a proposer")
@@ -263,10 +301,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "acceptor":
             _require(sub, args, "id", "db")
-            return _run_acceptor(
-                AcceptorConfig(**_server_fields(args), db_path=args.db, cluster_id=args.cluster_id),
-                args.log_level,
+            config = AcceptorConfig(
+                **_server_fields(args), db_path=args.db, cluster_id=args.cluster_id
             )
+            acceptors = args.acceptors or []
+            if acceptors and args.id >= len(acceptors):
+                sub.error(
+                    f"--id {args.id} has no entry in --acceptors ({len(acceptors)} entries): "
+                    "acceptor i must be the i-th"
+                )
+            if args.action == "recover":
+                _require(sub, args, "acceptors")
+                return _recover_acceptor(config, acceptors, float(args.settle))
+            return _run_acceptor(config, acceptors, args.log_level)
         if args.command == "proposer":
             _require(sub, args, "id", "acceptors")
             return _run_server(
@@ -330,7 +377,7 @@ def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     raise SystemExit(code)
 
 
-def _run_acceptor(config: AcceptorConfig, log_level: str) -> int:
+def _run_acceptor(config: AcceptorConfig, acceptors: list[str], log_level: str) -> int:
     from paxos_service.acceptor_server import start_acceptor
     from paxos_service.sqlite_storage import SqliteAcceptorStorage
     from paxos_service.storage import StorageCorrupt
@@ -352,14 +399,57 @@ def _run_acceptor(config: AcceptorConfig, log_level: str) -> int:
         )
 
     async def serve() -> None:
-        role, servicer = await start_acceptor(config, storage)
+        try:
+            role, servicer = await start_acceptor(config, storage, acceptors)
+        except BaseException:
+            storage.close()
+            raise
         try:
             await _until_signalled(role, config.shutdown_grace)
         finally:
-            await servicer.committer.stop()
+            await servicer.close()
             storage.close()
 
     return _serve(serve)
+
+
+def _recover_acceptor(config: AcceptorConfig, acceptors: list[str], settle: float) -> int:
+    """``paxos acceptor recover``: rebuild this acceptor's database from every
+    other acceptor (see paxos_service/identity.py), then exit."""
+    from paxos_service.identity import RecoveryError, recover
+    from paxos_service.sqlite_storage import SqliteAcceptorStorage
+    from paxos_service.storage import StorageError
+
+    log.configure("acceptor", config.node_id, "warning")
+    storage = SqliteAcceptorStorage(
+        config.db_path, acceptor_id=config.node_id, cluster_id=config.cluster_id
+    )
+    try:
+        storage.open()
+    except StorageError as exc:
+        _fail(f"cannot recover acceptor {config.node_id}: {exc}")
+    try:
+        result = asyncio.run(
+            recover(
+                acceptor_id=config.node_id,
+                storage=storage,
+                cluster_id=config.cluster_id,
+                acceptors=acceptors,
+                settle=settle,
+                say=lambda line: print(line, flush=True),
+            )
+        )
+    except (RecoveryError, StorageError) as exc:
+        _fail(f"cannot recover acceptor {config.node_id}: {exc}")
+    finally:
+        storage.close()
+    print(
+        f"acceptor {config.node_id} is recovered (incarnation {result.incarnation}); "
+        "restart it and it votes again, except on instances "
+        f"<= {result.plan.no_vote_through}",
+        flush=True,
+    )
+    return 0
 
 
 def _run_server(config: ServerConfig, role_name: str, log_level: str) -> int:

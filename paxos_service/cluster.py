@@ -63,12 +63,16 @@ class LocalCluster:
         learner_addrs = [f"{host}:{next(ports)}" for _ in range(learners)]
         logs = data_dir / "logs"
         self.nodes: list[Node] = []
+        acceptor_list, proposer_list = ",".join(acceptor_addrs), ",".join(proposer_addrs)
         for i, address in enumerate(acceptor_addrs):
             db = data_dir / f"acceptor-{i}.db"
+            # Acceptors know each other, so one whose file is lost does not vote
+            # as its old self (identity safety). They all start together, so a
+            # new cluster's acceptors vouch for each other and vote at once.
+            args = ["--db", str(db), "--acceptors", acceptor_list]
             self.nodes.append(
-                Node("acceptor", i, address, ["--db", str(db)], logs / f"acceptor-{i}.log", str(db))
+                Node("acceptor", i, address, args, logs / f"acceptor-{i}.log", str(db))
             )
-        acceptor_list, proposer_list = ",".join(acceptor_addrs), ",".join(proposer_addrs)
         for i, address in enumerate(proposer_addrs):
             args = [
                 "--acceptors",

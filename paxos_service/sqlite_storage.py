@@ -9,7 +9,9 @@ Durability settings (see shared FACTS and SQLite's docs):
   every transaction with ``BEGIN IMMEDIATE`` so writers never deadlock.
 
 The file also records which acceptor and cluster it belongs to; opening it as
-another acceptor or cluster is refused.
+another acceptor or cluster is refused. For identity safety (see
+:mod:`paxos_service.identity`) it records its incarnation and status in
+``meta``, and in ``members`` the incarnation it has seen for each peer.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from paxos_service.sqlite_setup import durable_engine
 from paxos_service.sqlite_setup import error_reason as _reason
 from paxos_service.storage import StorageCorrupt, StorageError
 from roles import AcceptorState, Ballot, RangePromise
+from roles.recovery import RecoveryPlan, Status
 
 SCHEMA_VERSION = "1"
 
@@ -71,6 +74,14 @@ meta = Table(
     Column("value", String, nullable=False),
 )
 
+# The incarnation this acceptor has seen for each peer acceptor id.
+members = Table(
+    "members",
+    metadata,
+    Column("acceptor_id", Integer, primary_key=True, autoincrement=False),
+    Column("incarnation", String, nullable=False),
+)
+
 
 class SqliteAcceptorStorage:
     """An acceptor's state in one SQLite file. Not thread-safe: the acceptor
@@ -81,6 +92,10 @@ class SqliteAcceptorStorage:
         self.acceptor_id = acceptor_id
         self.cluster_id = cluster_id
         self.incarnation = ""
+        #: Files from before identity tracking have no status: they vote.
+        self.status = Status.VOTING
+        #: Recovered acceptors never vote on instances <= this (0: none).
+        self.no_vote_through = 0
         self.created = False
         self._engine = durable_engine(path)
         self._conn: Connection | None = None
@@ -247,10 +262,18 @@ class SqliteAcceptorStorage:
                 f"{self.cluster_id!r}: check --cluster-id and --db"
             )
         self.incarnation = stored.get("incarnation", "")
+        try:
+            self.status = Status(stored.get("status", Status.VOTING.value))
+            self.no_vote_through = int(stored.get("no_vote_through", "0"))
+        except ValueError as exc:
+            raise StorageCorrupt(f"{self.path}: impossible identity record: {exc}") from exc
+        if self.no_vote_through < 0 or not self.incarnation:
+            raise StorageCorrupt(f"{self.path}: impossible identity record: {stored}")
 
     def _initialise(self) -> None:
         conn = self._connection()
-        self.incarnation = uuid.uuid4().hex
+        self.incarnation = new_incarnation()
+        self.status = Status.JOINING
         with conn.begin():
             metadata.create_all(conn)
             conn.execute(
@@ -260,9 +283,112 @@ class SqliteAcceptorStorage:
                     {"key": "acceptor_id", "value": str(self.acceptor_id)},
                     {"key": "cluster_id", "value": self.cluster_id},
                     {"key": "incarnation", "value": self.incarnation},
+                    {"key": "status", "value": self.status.value},
                 ],
             )
         self.created = True
+
+    # Identity ------------------------------------------------------------
+
+    def load_members(self) -> dict[int, str]:
+        conn = self._connection()
+        try:
+            with conn.begin():
+                rows = conn.execute(select(members.c.acceptor_id, members.c.incarnation)).all()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageCorrupt(f"cannot read {self.path}: {_reason(exc)}") from exc
+        return {row.acceptor_id: row.incarnation for row in rows}
+
+    def record_member(self, acceptor_id: int, incarnation: str, *, replace: bool = False) -> str:
+        """Record ``incarnation`` for peer ``acceptor_id`` unless one is known
+        (or always, with ``replace``), durably. Returns the one known before
+        ("" if none)."""
+        conn = self._connection()
+        try:
+            with conn.begin():
+                known = conn.execute(
+                    select(members.c.incarnation).where(members.c.acceptor_id == acceptor_id)
+                ).scalar()
+                if known is None:
+                    conn.execute(
+                        members.insert(), [{"acceptor_id": acceptor_id, "incarnation": incarnation}]
+                    )
+                elif replace and known != incarnation:
+                    conn.execute(
+                        members.update()
+                        .where(members.c.acceptor_id == acceptor_id)
+                        .values(incarnation=incarnation)
+                    )
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot commit to {self.path}: {_reason(exc)}") from exc
+        return str(known or "")
+
+    def set_status(self, status: Status, *, expect_incarnation: str | None = None) -> bool:
+        """Store ``status``. With ``expect_incarnation``, only if the file still
+        holds that incarnation (``paxos acceptor recover`` may have rewritten it
+        under a running server); returns whether it was stored."""
+        conn = self._connection()
+        try:
+            with conn.begin():
+                if expect_incarnation is not None:
+                    stored = conn.execute(
+                        select(meta.c.value).where(meta.c.key == "incarnation")
+                    ).scalar()
+                    if stored != expect_incarnation:
+                        return False
+                conn.execute(self._upsert_meta(), [{"key": "status", "value": status.value}])
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot commit to {self.path}: {_reason(exc)}") from exc
+        self.status = status
+        return True
+
+    def apply_recovery(self, incarnation: str, plan: RecoveryPlan, peers: dict[int, str]) -> None:
+        """Replace everything with a rebuilt acceptor, in one transaction: no
+        instance state, the plan's range promise and no-vote-through instance,
+        the new ``incarnation`` with status RECOVERING, and ``peers`` (id ->
+        incarnation) as the known members."""
+        conn = self._connection()
+        promise = plan.range_promise
+        try:
+            with conn.begin():
+                conn.execute(acceptor_state.delete())
+                conn.execute(range_promise_table.delete())
+                if not promise.ballot.is_zero:
+                    conn.execute(range_promise_table.insert(), [_range_row(promise)])
+                conn.execute(
+                    self._upsert_meta(),
+                    [
+                        {"key": "incarnation", "value": incarnation},
+                        {"key": "status", "value": Status.RECOVERING.value},
+                        {"key": "no_vote_through", "value": str(plan.no_vote_through)},
+                    ],
+                )
+                conn.execute(members.delete())
+                if peers:
+                    conn.execute(
+                        members.insert(),
+                        [
+                            {"acceptor_id": i, "incarnation": inc}
+                            for i, inc in sorted(peers.items())
+                        ],
+                    )
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot commit to {self.path}: {_reason(exc)}") from exc
+        self.incarnation = incarnation
+        self.status = Status.RECOVERING
+        self.no_vote_through = plan.no_vote_through
+
+    @staticmethod
+    def _upsert_meta() -> Any:
+        stmt = insert(meta)
+        return stmt.on_conflict_do_update(
+            index_elements=[meta.c.key], set_={"value": stmt.excluded.value}
+        )
+
+
+def new_incarnation() -> str:
+    """A fresh incarnation: random, so two files never share one."""
+    return uuid.uuid4().hex
 
 
 def _state_rows(writes: Sequence[tuple[int, AcceptorState]]) -> list[dict[str, Any]]:

@@ -9,6 +9,9 @@ The contract, from the acceptor's point of view:
 * :meth:`AcceptorStorage.load_all` either returns exactly what was saved or
   raises :class:`StorageCorrupt`; it never returns "empty" for a file it could
   not read, because an acceptor that forgets a promise breaks safety.
+* :class:`IdentityStorage` (identity safety, see :mod:`paxos_service.identity`):
+  the file's incarnation and status, and the incarnation seen for each peer.
+  Every write is durable when the method returns, like ``save``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from roles import AcceptorState, RangePromise
+from roles.recovery import RecoveryPlan, Status
 
 
 class StorageError(Exception):
@@ -46,3 +50,35 @@ class AcceptorStorage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class IdentityStorage(Protocol):
+    acceptor_id: int
+    cluster_id: str
+    #: This file's incarnation: made at random when the file was created.
+    incarnation: str
+    status: Status
+    #: A recovered acceptor never votes on instances <= this (0: none).
+    no_vote_through: int
+
+    def load_members(self) -> dict[int, str]:
+        """The incarnation recorded for each peer acceptor id."""
+        ...
+
+    def record_member(self, acceptor_id: int, incarnation: str, *, replace: bool = False) -> str:
+        """Record ``incarnation`` for ``acceptor_id`` if none is (always, with
+        ``replace``); return the one recorded before ("" if none)."""
+        ...
+
+    def set_status(self, status: Status, *, expect_incarnation: str | None = None) -> bool:
+        """Store ``status``; with ``expect_incarnation``, only if the file still
+        has that incarnation. Returns whether it was stored."""
+        ...
+
+    def apply_recovery(self, incarnation: str, plan: RecoveryPlan, peers: dict[int, str]) -> None:
+        """Become a rebuilt acceptor (status RECOVERING), in one transaction."""
+        ...
+
+
+class AcceptorFile(AcceptorStorage, IdentityStorage, Protocol):
+    """Both: what the acceptor server runs on."""

@@ -10,11 +10,14 @@ Roles:
     :class:`Proposer`  phase 1a/2a for one instance, with backoff and a deadline.
     :class:`Learner`   finds out which value is chosen.
     :class:`Leader`    Multi-Paxos: one phase 1 for all instances, pipelined phase 2.
+
+:mod:`roles.recovery` decides when a new acceptor file may vote and how an
+acceptor that lost its storage is rebuilt from its peers.
 """
 
 from roles.acceptor import Acceptor, AcceptorState, AcceptorStep, RangePromise, RangeStep
 from roles.ballot import ZERO_BALLOT, Ballot
-from roles.errors import ProtocolError, SafetyViolation
+from roles.errors import NotVoting, ProtocolError, SafetyViolation
 from roles.leader import (
     AnswerHeartbeat,
     Assigned,
@@ -78,6 +81,7 @@ __all__ = [
     "LeaderEffect",
     "Learned",
     "Learner",
+    "NotVoting",
     "OutcomeUnknown",
     "Phase",
     "Prepare",

@@ -22,6 +22,13 @@ promise after a crash can let two values be chosen.
 Promising only a *strictly* higher ballot also makes ballots safe to reuse
 after a proposer restart: a ballot that already won phase 1 at one majority
 can never win it again at another, because the two majorities intersect.
+
+An acceptor rebuilt after losing its storage (see :mod:`roles.recovery`) has
+a ``no_vote_through`` instance M: it never votes again on an instance <= M,
+because its lost self may have voted there. Prepare and Accept for such an
+instance, and PrepareRange from such an instance, raise :class:`NotVoting`
+and change nothing. (A range promise from n > M is fine: it says nothing
+about the instances below n.)
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from roles.ballot import ZERO_BALLOT, Ballot
-from roles.errors import ProtocolError
+from roles.errors import NotVoting, ProtocolError
 from roles.messages import (
     Accept,
     Accepted,
@@ -95,14 +102,30 @@ class Acceptor:
     """Pure acceptor logic for the acceptor ``acceptor_id``. It holds no state of
     its own: the caller passes each instance's state in and stores the result."""
 
-    def __init__(self, acceptor_id: int) -> None:
+    def __init__(self, acceptor_id: int, no_vote_through: int = 0) -> None:
+        if no_vote_through < 0:
+            raise ValueError(f"no_vote_through must be >= 0, got {no_vote_through}")
         self.acceptor_id = acceptor_id
+        #: Instances 1..no_vote_through are never voted on (0: none).
+        self.no_vote_through = no_vote_through
+
+    def votes_on(self, instance: int) -> bool:
+        """False for the instances this acceptor must never vote on again."""
+        return instance > self.no_vote_through
+
+    def _check_votes_on(self, instance: int, what: str) -> None:
+        if not self.votes_on(instance):
+            raise NotVoting(
+                f"acceptor {self.acceptor_id} is recovering: it does not vote on instances "
+                f"<= {self.no_vote_through} ({what} for instance {instance})"
+            )
 
     def on_prepare(
         self, state: AcceptorState, msg: Prepare, floor: Ballot = ZERO_BALLOT
     ) -> AcceptorStep:
         """``floor`` is the range promise's ballot for this instance, if any."""
         _check_ballot(msg.ballot, msg.instance)
+        self._check_votes_on(msg.instance, "Prepare")
         if msg.ballot > max(state.promised_ballot, floor):
             new = AcceptorState(msg.ballot, state.accepted_ballot, state.accepted_value)
             promise = Promise(
@@ -121,6 +144,7 @@ class Acceptor:
     ) -> AcceptorStep:
         """``floor`` is the range promise's ballot for this instance, if any."""
         _check_ballot(msg.ballot, msg.instance)
+        self._check_votes_on(msg.instance, "Accept")
         if msg.ballot < max(state.promised_ballot, floor):
             reject = self._reject(msg.instance, msg.ballot, state, floor)
             return AcceptorStep(state, reject, persist=False)
@@ -147,6 +171,7 @@ class Acceptor:
         every one of those instances' own promises.
         """
         _check_ballot(msg.ballot, msg.from_instance)
+        self._check_votes_on(msg.from_instance, "PrepareRange")
         highest = range_promise.ballot
         for instance, state in states.items():
             if instance >= msg.from_instance and state.promised_ballot > highest:

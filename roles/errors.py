@@ -12,3 +12,13 @@ class ProtocolError(ValueError):
 class SafetyViolation(AssertionError):
     """Two different values were chosen for one instance. This must never happen;
     it is raised so that a bug is loud instead of silently corrupting data."""
+
+
+class NotVoting(Exception):
+    """The acceptor will not vote on this message (it is recovering and the
+    instance lies in the range it must never vote on again; see
+    :mod:`roles.recovery`). Not the sender's fault, so it is not a
+    :class:`ProtocolError`: the sender should count the acceptor as unavailable.
+
+    Like a ProtocolError, raising it leaves the acceptor's state unchanged.
+    """

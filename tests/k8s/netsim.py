@@ -26,6 +26,8 @@ wiring. What each piece plays:
   emptyDir is a fresh one per start. A mountPath the host lacks (such as
   /var/lib/paxos, which the image creates) is made on a throwaway overlay of
   its parent, so the host's filesystem is never changed.
+- `kubectl exec` is `nsenter` into the pod's network and mount namespaces,
+  with the container's env, user and privileges (Cluster.exec).
 - securityContext is applied: readOnlyRootFilesystem remounts / read-only in
   the pod's mount namespace; runAsUser/runAsGroup/fsGroup become the process's
   ids (setpriv), and fsGroup makes the volumes group-writable as the kubelet
@@ -78,7 +80,7 @@ def require_root_and_iproute2() -> None:
             "it must run as root (it creates network namespaces, veth pairs and "
             "mount namespaces); run `make k8s-check` as root, as CI does"
         )
-    for tool in ("ip", "unshare", "setpriv", "mount"):
+    for tool in ("ip", "unshare", "setpriv", "mount", "nsenter"):
         if shutil.which(tool) is None:
             problems.append(f"`{tool}` is missing: apt-get install -y iproute2 util-linux mount")
     if problems:
@@ -360,7 +362,7 @@ class Cluster:
         """The shell that sets up the pod's mount namespace, then execs the
         container's process (so the PID we hold is the server's)."""
         mounts = self._mounts(pod)
-        uid, gid, groups, ctr_sc = self._ids(pod)
+        uid, _gid, _groups, ctr_sc = self._ids(pod)
         lines = ["set -eu"]
         overlays: list[str] = []
 
@@ -435,8 +437,16 @@ class Cluster:
         if ctr_sc.get("readOnlyRootFilesystem"):
             lines.append("mount -o remount,bind,ro /")
             lines += [f"mount -o remount,bind,ro {shlex.quote(o)}" for o in overlays]
-        workdir = pod.container.get("workingDir") or self.image.workdir
-        lines.append(f"cd {shlex.quote(workdir)}")
+        lines.append(f"cd {shlex.quote(self._workdir(pod))}")
+        lines.append(f'exec {shlex.join(self._setpriv(pod))} -- "$@"')
+        return "\n".join(lines)
+
+    def _workdir(self, pod: Pod) -> str:
+        return str(pod.container.get("workingDir") or self.image.workdir)
+
+    def _setpriv(self, pod: Pod) -> list[str]:
+        """The container's user, groups and privileges, as a setpriv prefix."""
+        uid, gid, groups, ctr_sc = self._ids(pod)
         setpriv = [
             "setpriv",
             f"--reuid={uid}",
@@ -447,8 +457,31 @@ class Cluster:
             setpriv.append("--no-new-privs")
         if "ALL" in ((ctr_sc.get("capabilities") or {}).get("drop") or []):
             setpriv += ["--inh-caps=-all", "--bounding-set=-all"]
-        lines.append(f'exec {shlex.join(setpriv)} -- "$@"')
-        return "\n".join(lines)
+        return setpriv
+
+    def exec(
+        self, pod: Pod, argv: Sequence[str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl exec POD -- argv`: run a command inside the running pod, in
+        its network and mount namespaces (its volumes, its read-only root),
+        with the container's environment, user and privileges."""
+        if pod.process is None or pod.process.poll() is not None:
+            raise SimError(f"{pod.name} is not running: kubectl exec needs a running container")
+        enter = [
+            "nsenter",
+            f"--target={pod.process.pid}",
+            "--mount",
+            "--net",
+            f"--wdns={self._workdir(pod)}",
+        ]
+        return subprocess.run(
+            [*enter, *self._setpriv(pod), "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=self.env_of(pod),
+        )
 
     def start(self, pod: Pod) -> None:
         if pod.process is not None and pod.process.poll() is None:

