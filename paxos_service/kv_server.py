@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -49,15 +51,34 @@ class NoLeader(Exception):
     """No proposer would append the command; it was not appended."""
 
 
+@dataclass(eq=False)
+class _Queued:
+    command: pb.Command
+    deadline: float
+    future: asyncio.Future[int]
+
+
 class LogAppender:
-    """Appends commands through whichever proposer leads, following redirects."""
+    """Appends commands through whichever proposer leads, following redirects.
+
+    Concurrent commands share Append calls: while ``MAX_IN_FLIGHT`` calls are
+    under way, new commands queue and go together in the next one (up to
+    ``MAX_BATCH`` commands). With one client nothing waits; under load one RPC
+    carries many commands, and the leader gets them already grouped."""
+
+    MAX_IN_FLIGHT = 2
+    MAX_BATCH = 512
 
     def __init__(self, proposers: list[str], max_value_bytes: int) -> None:
         self.proposers = proposers
         self._options = channel_options(max_value_bytes)
+        self._max_batch_bytes = max(1, max_value_bytes // 2)
         self._stubs: dict[str, Any] = {}
         self._channels: list[grpc.aio.Channel] = []
         self.leader: str | None = None
+        self._queue: deque[_Queued] = deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _stub(self, address: str) -> Any:
         stub = self._stubs.get(address)
@@ -68,7 +89,51 @@ class LogAppender:
         return stub
 
     async def append(self, command: pb.Command, deadline: float) -> int:
-        request = pb.AppendRequest(commands=[command])
+        """The instance holding ``command`` once it is chosen. Raises NoLeader
+        (not appended) or OutcomeUnknown (maybe appended)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(command, deadline, future))
+        self._dispatch()
+        return await future  # a cancelled caller cancels its future: it is skipped
+
+    def _dispatch(self) -> None:
+        while self._queue and self._in_flight < self.MAX_IN_FLIGHT:
+            batch: list[_Queued] = []
+            size = 0
+            while self._queue and len(batch) < self.MAX_BATCH:
+                item = self._queue[0]
+                if item.future.done():
+                    self._queue.popleft()
+                    continue
+                if batch and size + item.command.ByteSize() > self._max_batch_bytes:
+                    break
+                size += item.command.ByteSize()
+                batch.append(self._queue.popleft())
+            if not batch:
+                return
+            self._in_flight += 1
+            task = asyncio.create_task(self._send_batch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send_batch(self, batch: list[_Queued]) -> None:
+        try:
+            commands = [item.command for item in batch]
+            instance = await self._send(commands, max(item.deadline for item in batch))
+        except Exception as exc:  # handed to every caller in the batch
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result(instance)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+    async def _send(self, commands: list[pb.Command], deadline: float) -> int:
+        request = pb.AppendRequest(commands=commands)
         attempt = 0
         last_reason = "no proposer answered"
         while True:
@@ -102,6 +167,9 @@ class LogAppender:
             return instance
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for channel in self._channels:
             await channel.close(grace=None)
 
