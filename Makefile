@@ -96,3 +96,20 @@ ARGS ?=
 bench: install
 	$(BIN)/python -m paxos_service.bench $(if $(COMPARE),--compare $(COMPARE)) $(ARGS)
 # ---- end bench ---------------------------------------------------------------
+
+# ---- chaos: nemesis over network namespaces (issue 4) ------------------------
+# Appended as one block; owned by the chaos work. See docs/chaos.md. Needs root
+# (network namespaces, iptables, tmpfs); installs iptables and fiu-utils with
+# apt-get if missing. `make test` runs the short run in tests/chaos.
+#   make chaos DURATION=30m SEED=42
+#   make chaos DURATION=60s CHAOS_ARGS="--kinds kill-leader,pause-leader --out /tmp/c1"
+# The report (summary.txt/json, history.jsonl, timeline.png, logs/) goes to
+# data/chaos/<time>-seed<N>/ (git-ignored) unless --out says otherwise. Exit 1 on a violation.
+.PHONY: chaos
+DURATION ?= 60s
+SEED ?=
+CHAOS_ARGS ?=
+
+chaos: install
+	$(BIN)/python -m paxos_service.chaos --duration $(DURATION) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+# ---- end chaos ---------------------------------------------------------------

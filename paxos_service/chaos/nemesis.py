@@ -1,0 +1,469 @@
+"""The nemesis: a seeded schedule of faults, and the code that injects and heals them.
+
+The schedule is a pure function of the seed, the run's length and the node
+names (:func:`plan_schedule`), so a seed names a run. It alternates a fault
+window and a heal window, and cycles through every kind in a seeded order
+before repeating one, so even a short run sees several kinds. Which proposer
+leads is only known when a fault starts, so "the leader" is a target resolved
+then (:class:`FaultRecord` says who it was).
+
+One fault at a time, and never more than one acceptor impaired, so a majority
+of acceptors can always be reached by whoever holds the other side: every
+window is expected to end with the cluster serving again.
+
+=====================  ==================================================  =========================
+kind                   fault                                               heal
+=====================  ==================================================  =========================
+partition-leader       the leader drops all traffic to and from the        flush its rules
+                       other nodes (iptables in its namespace)
+partition-majority     one acceptor plus some proposers/learners cut off   flush the rules
+                       from the rest, both ways
+partition-one-way      one node hears nobody (INPUT dropped) but its       flush the rules
+                       packets still go out
+partition-flap         one node (often the leader) isolated and healed     flush the rules
+                       again every 0.3-1 s for the whole window
+loss                   every node drops a random share of packets from     flush the rules
+                       the other nodes (iptables ``statistic``)
+kill, kill-leader      SIGKILL                                             restart, same data
+pause, pause-leader    SIGSTOP                                             SIGCONT
+slow-link              one node's outgoing traffic squeezed through a     remove the qdisc
+                       token bucket (``tc tbf``, 64-512 kbit/s, up to
+                       500 ms queueing): a congested link, not a cut
+clock-jump             a proposer's (the leader's, or a follower's) wall   nothing: clocks never
+                       and monotonic clocks jump ahead by 2-120 s         run backwards
+                       (libfaketime timestamp file; every proposer runs
+                       under it when this kind is on)
+fsync                  libfiu makes fsync fail in one running acceptor     disable; SIGKILL; restart
+                       (``fiu-ctrl -c "enable name=posix/io/sync/*"``);
+                       it must stop voting
+disk-full              a filler file fills one acceptor's tmpfs;           delete it; SIGKILL;
+                       it must stop voting and keep its file readable      restart
+=====================  ==================================================  =========================
+
+The client's own address (the hub) is never blocked: clients see the cluster
+the way a client outside a partition would, and the learners they use may be
+on either side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from paxos_service.chaos.harness import FSYNC_FAILPOINT, HUB_IP, SUBNET, Harness, Node
+from paxos_service.v1 import paxos_pb2 as pb
+from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+
+FAULT_KINDS: Final = (
+    "partition-leader",
+    "partition-majority",
+    "partition-one-way",
+    "partition-flap",
+    "loss",
+    "kill",
+    "kill-leader",
+    "pause",
+    "pause-leader",
+    "fsync",
+    "disk-full",
+    # Kinds added later go at the end: the order seeds the schedule's shuffle,
+    # so `--kinds <the old list>` still replays an older run exactly.
+    "slow-link",
+    "clock-jump",
+)
+#: Kinds that need every proposer started under libfaketime.
+CLOCK_KINDS: Final = ("clock-jump",)
+#: Faults whose target is chosen when the fault starts.
+LEADER = "leader"
+#: Availability targets (seconds of no successful write), by what was hit.
+GAP_TARGET_LEADER: Final = 2.0
+GAP_TARGET_SINGLE_NODE: Final = 1.0
+#: A disk-full window (it ends early once the acceptor stops voting).
+DISK_FULL_SECONDS: Final = (20.0, 25.0)
+#: A flapping partition is toggled after each of these many seconds.
+FLAP_SECONDS: Final = (0.3, 1.0)
+#: How long a storage fault stays on after its target stopped voting.
+STORAGE_FAULT_LINGER: Final = 1.0
+
+
+@dataclass(frozen=True)
+class PlannedFault:
+    """One fault window of the schedule; times are seconds from the run's start."""
+
+    index: int
+    kind: str
+    start: float
+    duration: float
+    #: The heal window that follows the fault.
+    heal_duration: float
+    #: A node name, or LEADER.
+    target: str
+    #: The other side of a partition (node names), the loss probability, ...
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+def plan_schedule(
+    seed: int,
+    duration: float,
+    nodes: Sequence[str],
+    *,
+    warmup: float = 3.0,
+    fault_seconds: tuple[float, float] = (3.0, 5.0),
+    heal_seconds: tuple[float, float] = (3.0, 5.0),
+    kinds: Sequence[str] = FAULT_KINDS,
+) -> list[PlannedFault]:
+    """The faults of a run, as a pure function of its arguments.
+
+    ``nodes`` are names like ``acceptor-0``. A fault is planned only if it
+    and its heal window end within ``duration``."""
+    rng = random.Random(seed)
+    acceptors = sorted(n for n in nodes if n.startswith("acceptor-"))
+    proposers = sorted(n for n in nodes if n.startswith("proposer-"))
+    learners = sorted(n for n in nodes if n.startswith("learner-"))
+    everyone = sorted(nodes)
+    faults: list[PlannedFault] = []
+    order: list[str] = []
+    misses = 0
+    t = warmup
+    while True:
+        if not order:
+            order = list(kinds)
+            rng.shuffle(order)
+        kind = order.pop()
+        length = rng.uniform(*fault_seconds)
+        heal = rng.uniform(*heal_seconds)
+        params: dict[str, Any] = {}
+        target: str
+        if kind in ("partition-leader", "kill-leader", "pause-leader"):
+            target = LEADER
+        elif kind == "partition-majority":
+            minority = [rng.choice(acceptors)]
+            minority += [p for p in proposers if rng.random() < 0.34]
+            minority += [x for x in learners if rng.random() < 0.34]
+            target = minority[0]
+            params["minority"] = sorted(minority)
+        elif kind == "clock-jump":
+            # The leader, or a follower: whose election timer then fires early.
+            target = LEADER if rng.random() < 0.5 else rng.choice(proposers)
+            params["jump_seconds"] = round(rng.uniform(2.0, 120.0), 1)
+        elif kind == "slow-link":
+            target = LEADER if rng.random() < 0.5 else rng.choice(everyone)
+            params["rate_kbit"] = rng.choice((64, 128, 256, 512))
+        elif kind in ("partition-one-way", "partition-flap"):
+            target = LEADER if rng.random() < 0.5 else rng.choice(everyone)
+        elif kind == "loss":
+            target = "all"
+            params["probability"] = round(rng.uniform(0.05, 0.3), 2)
+        elif kind in ("kill", "pause"):
+            target = rng.choice(everyone)
+        elif kind in ("fsync", "disk-full"):
+            target = rng.choice(acceptors)
+            if kind == "disk-full":
+                # SQLite reuses the space of its WAL file, so a full disk
+                # bites only once the WAL must grow (after a few MiB of
+                # commits): give it time. The window ends early, soon after
+                # the acceptor has stopped voting.
+                length = rng.uniform(*DISK_FULL_SECONDS)
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        if t + length + heal > duration:
+            # Too long for what is left of the run: try the other kinds.
+            misses += 1
+            if misses > len(kinds):
+                return faults
+            continue
+        misses = 0
+        faults.append(PlannedFault(len(faults), kind, t, length, heal, target, params))
+        t += length + heal
+
+
+@dataclass
+class FaultRecord:
+    """What really happened for one planned fault (monotonic seconds from t0)."""
+
+    planned: PlannedFault
+    started: float | None = None
+    healed: float | None = None
+    #: The node(s) hit, resolved at start.
+    targets: list[str] = field(default_factory=list)
+    #: Whether the main target was the leader when the fault started.
+    hit_leader: bool = False
+    notes: list[str] = field(default_factory=list)
+    #: Storage faults: health seen NOT_SERVING while the fault was on.
+    saw_not_serving: bool = False
+    #: Storage faults: (start number) of the incarnation that was hit.
+    incarnation: int | None = None
+    #: Flapping partitions: how often the rules were toggled.
+    flips: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.planned.kind
+
+    @property
+    def gap_target(self) -> float | None:
+        """The issue's availability target for this fault, if it has one."""
+        kind = self.kind
+        if kind in ("partition-majority", "loss", "partition-one-way", "partition-flap"):
+            return None
+        if kind in ("slow-link", "clock-jump"):
+            return None
+        return GAP_TARGET_LEADER if self.hit_leader else GAP_TARGET_SINGLE_NODE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.planned.index,
+            "kind": self.kind,
+            "planned_start": round(self.planned.start, 3),
+            "planned_duration": round(self.planned.duration, 3),
+            "started": _round(self.started),
+            "healed": _round(self.healed),
+            "targets": self.targets,
+            "hit_leader": self.hit_leader,
+            "params": self.planned.params,
+            "notes": self.notes,
+            "saw_not_serving": self.saw_not_serving,
+            "flips": self.flips,
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+async def leader_of(harness: Harness) -> str | None:
+    """The proposer that says it leads (the highest ballot if several do)."""
+    best: tuple[tuple[int, int], str] | None = None
+
+    async def ask(node: Node) -> None:
+        nonlocal best
+        if not node.alive() or node.paused:
+            return
+        try:
+            async with grpc.aio.insecure_channel(node.address) as channel:
+                reply = await pb_grpc.ProposerServiceStub(channel).GetLeader(
+                    pb.GetLeaderRequest(), timeout=0.5
+                )
+        except grpc.RpcError:
+            return
+        if reply.is_leader:
+            ballot = (reply.ballot.round, reply.ballot.proposer_id)
+            if best is None or ballot > best[0]:
+                best = (ballot, node.name)
+
+    await asyncio.gather(*(ask(n) for n in harness.nodes.values() if n.role == "proposer"))
+    return best[1] if best is not None else None
+
+
+async def health(node: Node, timeout: float = 0.5) -> int | None:
+    """The node's overall health status, or None if it did not answer."""
+    try:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+    except grpc.RpcError:
+        return None
+    status: int = reply.status
+    return status
+
+
+class Nemesis:
+    """Injects the planned faults into a running :class:`Harness`."""
+
+    def __init__(self, harness: Harness, rng: random.Random, clock: Clock) -> None:
+        self.harness = harness
+        self.rng = rng
+        self.clock = clock
+        self.records: list[FaultRecord] = []
+        self.log: list[str] = []
+
+    def _say(self, text: str) -> None:
+        self.log.append(f"{self.clock():8.3f}  {text}")
+
+    async def _sh(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking harness call (subprocesses) off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def run(self, schedule: Sequence[PlannedFault], stop: asyncio.Event) -> None:
+        for planned in schedule:
+            if not await self._sleep_until(planned.start, stop):
+                return
+            record = FaultRecord(planned)
+            self.records.append(record)
+            try:
+                await self._inject(record)
+                self._say(f"fault {planned.index} {planned.kind} on {record.targets}")
+                await self._hold(record, stop)
+            finally:
+                await self._heal(record)
+                record.healed = self.clock()
+                self._say(f"healed {planned.index} {planned.kind}")
+
+    async def _sleep_until(self, at: float, stop: asyncio.Event) -> bool:
+        delay = at - self.clock()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                return True
+        return not stop.is_set()
+
+    async def _hold(self, record: FaultRecord, stop: asyncio.Event) -> None:
+        """Wait out the fault window. Storage faults poll the target's health;
+        a flapping partition toggles its rules."""
+        end = record.planned.end
+        storage = record.kind in ("fsync", "disk-full")
+        node = self.harness.nodes[record.targets[0]] if storage else None
+        flapping = record.kind == "partition-flap"
+        cut = True
+        next_flip = self.clock() + self.rng.uniform(*FLAP_SECONDS)
+        while self.clock() < end and not stop.is_set():
+            if node is not None and not record.saw_not_serving and await health(node) == 2:
+                # NOT_SERVING: it stopped voting. Keep it so a moment longer.
+                self._say(f"{node.name} reports NOT_SERVING")
+                record.saw_not_serving = True
+                end = min(end, self.clock() + STORAGE_FAULT_LINGER)
+            if flapping and self.clock() >= next_flip:
+                target = self.harness.nodes[record.targets[0]]
+                if cut:
+                    await self._sh(self.harness.flush_rules, target)
+                else:
+                    await self._isolate([target], both_ways=True)
+                cut = not cut
+                record.flips += 1
+                next_flip = self.clock() + self.rng.uniform(*FLAP_SECONDS)
+            wake = min(end, self.clock() + 0.2, next_flip if flapping else end)
+            await self._sleep_until(wake, stop)
+
+    async def _inject(self, record: FaultRecord) -> None:
+        h = self.harness
+        planned = record.planned
+        leader = await leader_of(h)
+        target = planned.target
+        if target == LEADER:
+            if leader is None:
+                target = self.rng.choice(sorted(n for n in h.nodes if n.startswith("proposer-")))
+                record.notes.append(f"no leader known; hit {target} instead")
+            else:
+                target = leader
+        record.hit_leader = target == leader
+        kind = planned.kind
+        # The fault's window starts with its first effect, not after the last.
+        record.started = self.clock()
+        if kind == "loss":
+            record.targets = sorted(h.nodes)
+            await self._lose(list(h.nodes.values()), str(planned.params["probability"]))
+            return
+        record.targets = [target]
+        node = h.nodes[target]
+        if kind in ("partition-leader", "partition-flap"):
+            await self._isolate([node], both_ways=True)
+        elif kind == "partition-majority":
+            minority = [h.nodes[n] for n in planned.params["minority"]]
+            record.targets = [n.name for n in minority]
+            record.hit_leader = leader in record.targets
+            await self._isolate(minority, both_ways=True)
+        elif kind == "partition-one-way":
+            await self._isolate([node], both_ways=False)
+            record.notes.append(f"{target} hears nobody; its packets still go out")
+        elif kind in ("kill", "kill-leader"):
+            await self._sh(h.kill, node)
+        elif kind in ("pause", "pause-leader"):
+            await self._sh(h.pause, node)
+        elif kind == "slow-link":
+            await self._sh(h.slow_link, node, int(planned.params["rate_kbit"]))
+        elif kind == "clock-jump":
+            offset = await self._sh(h.clock_jump, node, float(planned.params["jump_seconds"]))
+            record.notes.append(f"{target}'s clocks now run {offset:g} s ahead")
+        elif kind == "fsync":
+            record.incarnation = node.starts
+            await self._sh(h.fiu, node, f"enable name={FSYNC_FAILPOINT}")
+        elif kind == "disk-full":
+            record.incarnation = node.starts
+            written = await self._sh(h.fill_disk, node)
+            record.notes.append(f"filled {target}'s tmpfs with {written} bytes")
+        else:
+            raise ValueError(kind)
+
+    async def _isolate(self, side: Sequence[Node], *, both_ways: bool) -> None:
+        """Rules in each node of ``side``: drop what comes from every node not
+        in ``side`` (and, ``both_ways``, what goes to it). The hub (the
+        clients) stays reachable."""
+        names = {n.name for n in side}
+        others = [n for n in self.harness.nodes.values() if n.name not in names]
+        jobs = []
+        for node in side:
+            rules = [f"-A INPUT -s {peer.ip} -j DROP" for peer in others]
+            if both_ways:
+                rules += [f"-A OUTPUT -d {peer.ip} -j DROP" for peer in others]
+            jobs.append(self._sh(self.harness.add_rules, node, rules))
+        await asyncio.gather(*jobs)
+
+    async def _lose(self, nodes: Sequence[Node], probability: str) -> None:
+        """Each node drops that share of the packets it gets from other nodes
+        (never from the hub: the clients see no loss of their own)."""
+        rules = [
+            f"-A INPUT -s {HUB_IP} -j ACCEPT",
+            f"-A INPUT -s {SUBNET}.0/24 -m statistic --mode random "
+            f"--probability {probability} -j DROP",
+        ]
+        await asyncio.gather(*(self._sh(self.harness.add_rules, n, rules) for n in nodes))
+
+    async def _heal(self, record: FaultRecord) -> None:
+        h = self.harness
+        kind = record.kind
+        nodes = [h.nodes[n] for n in record.targets]
+        if kind.startswith("partition") or kind == "loss":
+            await asyncio.gather(*(self._sh(h.flush_rules, node) for node in nodes))
+        elif kind in ("kill", "kill-leader"):
+            for node in nodes:
+                if not node.alive():
+                    await self._sh(h.start, node)
+        elif kind in ("pause", "pause-leader"):
+            for node in nodes:
+                await self._sh(h.resume, node)
+        elif kind == "slow-link":
+            for node in nodes:
+                await self._sh(h.fast_link, node)
+        elif kind in ("fsync", "disk-full"):
+            node = nodes[0]
+            if kind == "disk-full":
+                await self._sh(h.free_disk, node)
+            # A storage failure makes the acceptor stop for good: it must be
+            # restarted (from the same file) to vote again.
+            await self._sh(h.kill, node)
+            await self._sh(h.start, node)
+
+    async def heal_all(self) -> None:
+        """Whatever state the run was left in: no rules, no pauses, no full
+        disk, every node running."""
+        h = self.harness
+        for node in h.nodes.values():
+            await self._sh(h.flush_rules, node)
+            await self._sh(h.free_disk, node)
+            await self._sh(h.resume, node)
+            await self._sh(h.fast_link, node)
+            if not node.alive():
+                await self._sh(h.start, node)
+
+
+class Clock:
+    """Seconds since the run's start (monotonic); shared by clients and nemesis."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.t0

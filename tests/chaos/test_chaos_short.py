@@ -1,0 +1,100 @@
+"""A CI-sized chaos run: the real cluster in network namespaces under a seeded
+nemesis for about 25 s, then every checker. Needs root (as CI runs).
+
+Seed 1 plans, in 28 s: a one-way partition of the leader (it hears nobody),
+a failed fsync on one acceptor, and a SIGKILL of the leader
+(nemesis.plan_schedule; test_checkers pins the kinds). The run must pass,
+write its report, and leave nothing behind: no namespace, mount, hosts file,
+fiu FIFO or process of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = 1
+DURATION = "28s"
+
+
+def _run(args: list[str], user: list[str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*(user or []), sys.executable, "-m", "paxos_service.chaos", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.mark.timeout(420)
+def test_short_chaos_run_passes_and_cleans_up(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the chaos run needs root (CI runs as root)", pytrace=False)
+    out = tmp_path / "run"
+    proc = _run(["--duration", DURATION, "--seed", str(SEED), "--out", str(out)])
+    try:
+        # Generous: a fresh machine first installs iptables, fiu-utils and faketime.
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print(output)
+    assert proc.returncode == 0, output[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "pass"
+    assert summary["seed"] == SEED
+    assert summary["violations"] == []
+    assert {c["name"] for c in summary["checks"]} >= {
+        "linearizable",
+        "agreement",
+        "acceptors",
+        "validity",
+        "processes",
+        "stop-voting",
+    }
+    assert summary["faults"]["total"] >= 3
+    assert summary["faults"]["by_kind"].get("fsync") == 1
+    # The failed fsync really stopped that acceptor from voting.
+    fsync = next(f for f in summary["fault_log"] if f["kind"] == "fsync")
+    assert fsync["saw_not_serving"], fsync
+    assert summary["operations"]["ok"] > 100
+    assert len(summary["availability"]) == summary["faults"]["total"]
+    history = (out / "history.jsonl").read_text().splitlines()
+    assert len(history) == summary["operations"]["total"]
+    assert f"--seed {SEED}" in output and "verdict: PASS" in output
+
+    # Nothing of this run is left behind.
+    prefix = f"cx{proc.pid}-"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in netns
+    assert (
+        not [p for p in Path("/etc/netns").glob(f"{prefix}*")]
+        if Path("/etc/netns").exists()
+        else True
+    )
+    assert str(out) not in Path("/proc/mounts").read_text()
+    assert not (out / "fiu").exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(out / "data") not in ps
+
+
+def test_without_root_it_says_so_and_exits_2(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to become an ordinary user")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = _run(["--duration", "1s", "--out", str(tmp_path / "x")], user=nobody)
+    output, _ = proc.communicate(timeout=60)
+    if "chaos:" not in output:
+        pytest.skip(f"an ordinary user cannot run this Python here: {output[-300:]}")
+    assert proc.returncode == 2, output
+    assert "must run as root" in output
