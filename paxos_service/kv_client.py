@@ -89,6 +89,9 @@ OUTCOME_UNKNOWN = "outcome unknown"
 #: Backoff between passes over the learner list: doubles from BACKOFF_MIN, capped.
 BACKOFF_MIN = 0.025
 BACKOFF_MAX = 0.5
+#: Longest single attempt when other learners could answer instead. Longer
+#: than a learner's own attempt at its leader (1 s) plus an election.
+ATTEMPT_TIMEOUT = 2.5
 #: A watch stream that stayed up this long counts as healthy: its reconnect
 #: budget (the client's timeout) starts again at the next failure.
 WATCH_HEALTHY_AFTER = 1.0
@@ -402,12 +405,17 @@ class _Attempts:
         self.last: PaxosError | None = None
 
     def next(self) -> tuple[int, float] | None:
-        """The next learner to try and the time left, or None past the deadline."""
+        """The next learner to try and the time this attempt may take, or None
+        past the deadline. With other learners to try, one attempt gets at most
+        ``ATTEMPT_TIMEOUT``: a paused or cut-off learner answers nothing, and
+        waiting on it for the whole deadline would stall the caller."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             return None
         index = (self.servers.preferred + self.count) % len(self.servers.addresses)
         self.count += 1
+        if len(self.servers.addresses) > 1:
+            remaining = min(remaining, ATTEMPT_TIMEOUT)
         return index, remaining
 
     def succeeded(self, index: int) -> None:

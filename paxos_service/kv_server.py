@@ -68,6 +68,13 @@ class LogAppender:
 
     MAX_IN_FLIGHT = 2
     MAX_BATCH = 512
+    #: One Append attempt may take this long. A leader that is paused or cut
+    #: off answers nothing; without a bound we would wait on it for the whole
+    #: deadline while another proposer already leads. Expiry means "outcome
+    #: unknown" (the caller re-appends with the same request id: harmless).
+    ATTEMPT_TIMEOUT = 1.0
+    #: How long a proposer that timed out is skipped when looking for the leader.
+    SILENT_FOR = 3.0
 
     def __init__(self, proposers: list[str], max_value_bytes: int) -> None:
         self.proposers = proposers
@@ -78,6 +85,9 @@ class LogAppender:
         self.leader: str | None = None
         self._queue: deque[_Queued] = deque()
         self._in_flight = 0
+        #: Proposers that recently let an attempt time out, until when to skip them.
+        self._silent_until: dict[str, float] = {}
+        self._probe = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _stub(self, address: str) -> Any:
@@ -140,14 +150,18 @@ class LogAppender:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NoLeader(f"no leader accepted the command in time ({last_reason})")
-            address = self.leader or self.proposers[attempt % len(self.proposers)]
+            address = self.leader or self._next_proposer()
             attempt += 1
             try:
-                response = await self._stub(address).Append(request, timeout=remaining)
+                response = await self._stub(address).Append(
+                    request, timeout=min(remaining, self.ATTEMPT_TIMEOUT)
+                )
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
                     hint = _metadata(exc, LEADER_METADATA)
+                    if hint and self._silent_until.get(hint, 0.0) > time.monotonic():
+                        hint = None  # a stale view: that one just went silent on us
                     self.leader = str(hint) if hint else None
                     last_reason = f"{address}: {exc.details()}"
                     if not hint:
@@ -160,11 +174,26 @@ class LogAppender:
                         await asyncio.sleep(min(0.05 * attempt, 0.5))
                     continue
                 if code in (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        # Silent: maybe paused or cut off. Look elsewhere for a while.
+                        self.leader = None
+                        self._silent_until[address] = time.monotonic() + self.SILENT_FOR
                     raise OutcomeUnknown(f"{address}: {exc.details()}") from None
                 raise
             self.leader = address
             instance: int = response.instance
             return instance
+
+    def _next_proposer(self) -> str:
+        """Probe proposers in turn (carrying on where the last probe stopped),
+        skipping ones that recently went silent unless all have."""
+        now = time.monotonic()
+        for _ in range(len(self.proposers)):
+            address = self.proposers[self._probe % len(self.proposers)]
+            self._probe += 1
+            if self._silent_until.get(address, 0.0) <= now:
+                return address
+        return self.proposers[self._probe % len(self.proposers)]
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -340,6 +369,14 @@ class KvServicer(pb_grpc.KvServiceServicer):
         while True:
             try:
                 return await self.appender.append(command, deadline)
+            except NoLeader as exc:
+                if attempt:
+                    # An earlier attempt may have been appended: "not appended"
+                    # would be a lie now.
+                    raise OutcomeUnknown(
+                        f"{exc} (after an attempt whose outcome is unknown)"
+                    ) from exc
+                raise
             except OutcomeUnknown:
                 attempt += 1
                 if time.monotonic() + 0.05 * attempt >= deadline:
