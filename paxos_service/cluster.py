@@ -20,6 +20,8 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from paxos_service.processes import stop_all
+
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
@@ -139,18 +141,7 @@ class LocalCluster:
             self._wait_healthy(node, deadline)
 
     def stop(self) -> None:
-        for node in self.nodes:
-            if node.process is not None and node.process.poll() is None:
-                node.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for node in self.nodes:
-            if node.process is None:
-                continue
-            try:
-                node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.process.kill()
-                node.process.wait()
+        stop_all((node.process for node in self.nodes), STOP_TIMEOUT)
 
     def print_banner(self) -> None:
         grpcurl = _grpcurl()

@@ -14,13 +14,14 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+
+from paxos_service.processes import stop_all
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -165,18 +166,7 @@ class EtcdCluster:
         return {m.name: m.process.pid for m in self.members if m.process is not None}
 
     def stop(self) -> None:
-        for member in self.members:
-            if member.process is not None and member.process.poll() is None:
-                member.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for member in self.members:
-            if member.process is None:
-                continue
-            try:
-                member.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                member.process.kill()
-                member.process.wait()
+        stop_all((member.process for member in self.members), STOP_TIMEOUT)
 
     def _wait_healthy(self, member: EtcdMember, deadline: float) -> None:
         while True:

@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from paxos_service.bench._etcd import EtcdUnavailable, ensure_etcd
 from tests.support.processes import clean_env
 
@@ -135,19 +133,22 @@ def test_interrupt_stops_every_process_it_started(tmp_path: Path) -> None:
     assert not (tmp_path / "bench.json").exists()
 
 
-def _etcd_or_skip() -> None:
+def _ensure_etcd() -> None:
+    """etcd is installed, or installed now (this machine and CI are root with
+    apt). A failure here is a failure, not a skip: it would hide a broken setup."""
     if shutil.which("etcd") or Path("/usr/bin/etcd").exists():
         return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("etcd is not installed and cannot be apt-installed here (needs root)")
+    assert os.geteuid() == 0 and shutil.which("apt-get"), (
+        "etcd is not installed and cannot be apt-installed here (needs root and apt-get)"
+    )
     try:
         ensure_etcd()
     except EtcdUnavailable as exc:
-        pytest.skip(f"could not install etcd: {exc}")
+        raise AssertionError(f"could not install etcd: {exc}") from exc
 
 
 def test_compare_etcd_reports_ratios(tmp_path: Path) -> None:
-    _etcd_or_skip()
+    _ensure_etcd()
     report, stdout = _bench(
         tmp_path,
         "--levels", "4", "--duration", "1", "--warmup", "0.3", "--ops", "put", "--compare", "etcd",

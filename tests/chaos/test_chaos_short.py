@@ -89,12 +89,12 @@ def test_short_chaos_run_passes_and_cleans_up(tmp_path: Path) -> None:
 
 
 def test_without_root_it_says_so_and_exits_2(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to become an ordinary user")
+    assert os.geteuid() == 0 and shutil.which("setpriv"), (
+        "needs root and setpriv (util-linux) to become an ordinary user"
+    )
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     proc = _run(["--duration", "1s", "--out", str(tmp_path / "x")], user=nobody)
     output, _ = proc.communicate(timeout=60)
-    if "chaos:" not in output:
-        pytest.skip(f"an ordinary user cannot run this Python here: {output[-300:]}")
+    assert "chaos:" in output, f"an ordinary user cannot run this Python here: {output[-300:]}"
     assert proc.returncode == 2, output
     assert "must run as root" in output

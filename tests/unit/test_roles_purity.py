@@ -185,8 +185,8 @@ def test_the_import_guard_refuses_what_it_should(tmp_path: Path) -> None:
     assert "roles_probe imports time" in result.stdout
 
 
-@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed")
 def test_import_linter_contract_is_kept() -> None:
+    assert LINT_IMPORTS.exists(), "import-linter is a dev dependency: run `make install`"
     # --no-cache: do not leave a cache directory in the working tree.
     result = subprocess.run(
         [str(LINT_IMPORTS), "--no-cache", "--no-logo"],
