@@ -436,7 +436,14 @@ class Cluster:
             lines.append(f"mount --bind {shlex.quote(str(stash))} {shlex.quote(str(place))}")
         if ctr_sc.get("readOnlyRootFilesystem"):
             lines.append("mount -o remount,bind,ro /")
-            lines += [f"mount -o remount,bind,ro {shlex.quote(o)}" for o in overlays]
+            # An overlay that a volume now covers (say /tmp/tmp.XXXX, opened up
+            # because mktemp made it 0700, under the pod's /tmp emptyDir) is
+            # out of sight: the path is a plain directory of that volume now.
+            lines += [
+                f"mount -o remount,bind,ro {shlex.quote(o)}"
+                for o in overlays
+                if not any(Path(o).is_relative_to(m.target) for m in mounts)
+            ]
         lines.append(f"cd {shlex.quote(self._workdir(pod))}")
         lines.append(f'exec {shlex.join(self._setpriv(pod))} -- "$@"')
         return "\n".join(lines)
