@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from paxos_service import wire
+from paxos_service import metrics, operator_server, wire
 from paxos_service.config import AcceptorConfig
 from paxos_service.identity import STANDING_TO_PB, IdentityGuard
 from paxos_service.log import get_logger
@@ -122,8 +123,9 @@ class GroupCommitter:
             if done is None:
                 continue
             try:
-                await loop.run_in_executor(self._executor, self._storage.save, batch, promise)
+                seconds = await loop.run_in_executor(self._executor, self._save, batch, promise)
             except Exception as exc:  # any failure to commit means: stop voting
+                metrics.ACCEPTOR_COMMIT_FAILURES.inc()
                 failure = exc if isinstance(exc, StorageError) else StorageError(repr(exc))
                 get_logger().critical("commit failed; acceptor stops voting", error=str(failure))
                 self.failure = failure
@@ -135,7 +137,16 @@ class GroupCommitter:
                 return
             self.commits += 1
             self.rows += len(batch)
+            metrics.ACCEPTOR_COMMIT_SECONDS.observe(seconds)
+            metrics.ACCEPTOR_COMMIT_WRITES.observe(len(batch) + (promise is not None))
             done.set_result(None)
+
+    def _save(self, batch: list[tuple[int, AcceptorState]], promise: RangePromise | None) -> float:
+        """Commit on the storage thread; return how long the commit (and its
+        fsync) took there, without the wait for the thread or the event loop."""
+        started = time.perf_counter()
+        self._storage.save(batch, promise)
+        return time.perf_counter() - started
 
 
 class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
@@ -161,6 +172,8 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         self.range_promise = range_promise or RangePromise()
         self.committer = committer
         self.role_server: RoleServer | None = None
+        #: Pre-vote: (proposer id, monotonic time) of the last Accept accepted here.
+        self.last_contact: tuple[int, float] | None = None
         self._log = get_logger()
 
     async def Prepare(
@@ -173,8 +186,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             context, lambda s: self.acceptor.on_prepare(s, msg, floor), msg.instance
         )
         if isinstance(step, Promise):
+            metrics.PROMISED_PREPARE.inc()
             return pb.PrepareResponse(promise=wire.promise_to_pb(step))
         assert isinstance(step, Reject)
+        metrics.REJECTED_PREPARE.inc()
         return pb.PrepareResponse(reject=wire.reject_to_pb(step))
 
     async def Accept(
@@ -188,8 +203,11 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             context, lambda s: self.acceptor.on_accept(s, msg, floor), msg.instance
         )
         if isinstance(step, Accepted):
+            self.last_contact = (msg.ballot.proposer_id, time.monotonic())
+            metrics.ACCEPTOR_ACCEPTS.inc()
             return pb.AcceptResponse(accepted=wire.accepted_to_pb(step))
         assert isinstance(step, Reject)
+        metrics.REJECTED_ACCEPT.inc()
         return pb.AcceptResponse(reject=wire.reject_to_pb(step))
 
     async def GetAccepted(
@@ -229,8 +247,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             self.committer.write_range_promise(step.range_promise)
         await self._wait_durable(context)
         if isinstance(step.reply, PromiseRange):
+            metrics.PROMISED_PREPARE_RANGE.inc()
             self._log.info("promised range", accepted=len(step.reply.accepted))
             return pb.PrepareRangeResponse(promise=wire.promise_range_to_pb(step.reply))
+        metrics.REJECTED_PREPARE_RANGE.inc()
         return pb.PrepareRangeResponse(reject=wire.reject_to_pb(step.reply))
 
     async def GetAcceptedRange(
@@ -304,6 +324,21 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             highest_accepted_instance=highest_accepted,
             no_vote_through=self.acceptor.no_vote_through,
             known_incarnation=self.identity.members.get(request.acceptor_id, ""),
+        )
+
+    async def GetLeaderContact(
+        self, request: pb.GetLeaderContactRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetLeaderContactResponse:
+        """Pre-vote (roles/leader.py): memory only, so a restarted acceptor
+        grants at once; that only lets a campaign start, never decides one."""
+        contact = self.last_contact
+        if contact is None:
+            return pb.GetLeaderContactResponse(acceptor_id=self.config.node_id)
+        return pb.GetLeaderContactResponse(
+            acceptor_id=self.config.node_id,
+            has_contact=True,
+            proposer_id=contact[0],
+            seconds_since=max(0.0, time.monotonic() - contact[1]),
         )
 
     def status(self) -> pb.AcceptorStatus.ValueType:
@@ -410,6 +445,7 @@ async def start_acceptor(
         storage=storage,
         run_storage=committer.run,
         acceptors=list(acceptors),
+        tls=config.tls,
     )
     try:
         await identity.start()
@@ -419,12 +455,21 @@ async def start_acceptor(
     servicer = AcceptorServicer(
         config, states, committer, range_promise, identity, storage.no_vote_through
     )
+    from paxos_service import broken_acceptor  # test-only switch: see that module
+
+    servicer.acceptor = broken_acceptor.from_env(servicer.acceptor)
+
+    def register(server: grpc.aio.Server) -> None:
+        pb_grpc.add_AcceptorServiceServicer_to_server(servicer, server)
+        operator_server.add_to_server(operator_server.AcceptorView(servicer), server)
+
     try:
         role = await start_server(
             config,
             SERVICE_NAME,
-            lambda server: pb_grpc.add_AcceptorServiceServicer_to_server(servicer, server),
+            register,
             serving=identity.voting,
+            extra_services=(operator_server.SERVICE_NAME,),
         )
     except BaseException:
         await committer.stop()

@@ -4,10 +4,13 @@
     paxos acceptor recover --id ID --db PATH --acceptors A0,A1,A2
     paxos proposer --id ID --listen HOST:PORT --acceptors A0,A1,A2 [--learners L0,...]
     paxos learner  --id ID --listen HOST:PORT --acceptors A0,A1,A2
-    paxos cluster  [--acceptors 3] [--proposers 2] [--learners 1] [--data-dir ./data]
+    paxos cluster  [--acceptors 3] [--proposers 2] [--learners 1] [--data-dir ./data] [--tls]
+    paxos certs    --out DIR [--hosts H1,H2] [--node NAME=HOSTS] [--days N] [--force]
     paxos propose  --proposer HOST:PORT INSTANCE VALUE
     paxos get      --learner HOST:PORT INSTANCE
     paxos kv       [--learners HOST:PORT,...] put|get|del|cas|range|watch ...
+    paxos status   [--acceptors ...] [--proposers ...] [--learners ...] [--watch [S]] [--json]
+    paxos explain  INSTANCE [--proposers ...] [--learners ...] [--json]
 
 Server options fall back to ``PAXOS_<OPTION>`` environment variables. Errors
 are one line on stderr and a non-zero exit, never a traceback.
@@ -24,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from paxos_service import kv_cli, log
+from paxos_service import kv_cli, log, status_cli
 from paxos_service.config import (
     DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
@@ -33,6 +36,7 @@ from paxos_service.config import (
     LearnerConfig,
     ProposerConfig,
     ServerConfig,
+    TlsFiles,
     parse_address,
     parse_address_list,
     parse_node_id,
@@ -114,6 +118,76 @@ def _add_server_options(parser: argparse.ArgumentParser, default_listen: str) ->
         choices=["debug", "info", "warning", "error"],
         help="[env PAXOS_LOG_LEVEL]",
     )
+    add_tls_options(parser, server=True)
+    parser.add_argument(
+        "--metrics-listen",
+        type=_typed(parse_address, "address"),
+        default=_env("metrics_listen"),
+        help="HOST:PORT to serve Prometheus metrics on, at /metrics (default: none) "
+        "[env PAXOS_METRICS_LISTEN]",
+    )
+    parser.add_argument(
+        "--health-listen",
+        type=_typed(parse_address, "address"),
+        default=_env("health_listen"),
+        help="HOST:PORT to serve only grpc.health.v1 on, in plaintext, for probes that "
+        "cannot do TLS such as Kubernetes' gRPC probes (default: none) "
+        "[env PAXOS_HEALTH_LISTEN]",
+    )
+
+
+def add_tls_options(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    """--tls-ca/--tls-cert/--tls-key (and, for servers, --insecure)."""
+    who = "this server's" if server else "this client's"
+    parser.add_argument(
+        "--tls-ca", type=Path, default=_env("tls_ca"), help="cluster CA (PEM) [env PAXOS_TLS_CA]"
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=_env("tls_cert"),
+        help=f"{who} certificate (PEM), signed by the cluster CA [env PAXOS_TLS_CERT]",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=_env("tls_key"),
+        help=f"{who} private key (PEM) [env PAXOS_TLS_KEY]",
+    )
+    if server:
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            default=(_env("insecure") or "").lower() in ("1", "true", "yes"),
+            help="serve plaintext without TLS (only for local testing; logs a warning) "
+            "[env PAXOS_INSECURE=true]",
+        )
+
+
+def tls_from_args(args: argparse.Namespace, *, server: bool) -> TlsFiles | None:
+    """The TLS files named on the command line, or None for plaintext. A server
+    needs either all three files or --insecure; a client needs all three or none."""
+    given = {
+        "--tls-ca": args.tls_ca,
+        "--tls-cert": args.tls_cert,
+        "--tls-key": args.tls_key,
+    }
+    missing = [flag for flag, value in given.items() if value is None]
+    insecure = bool(getattr(args, "insecure", False))
+    if not missing:
+        if insecure:
+            raise ConfigError("--insecure and --tls-* are mutually exclusive: pick one")
+        return TlsFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    if len(missing) < len(given):
+        raise ConfigError(
+            f"TLS needs --tls-ca, --tls-cert and --tls-key; missing {', '.join(missing)}"
+        )
+    if server and not insecure:
+        raise ConfigError(
+            "TLS is required: give --tls-ca, --tls-cert and --tls-key (`paxos certs` makes a "
+            "development set), or --insecure to serve plaintext"
+        )
+    return None
 
 
 def _add_acceptor_list(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +318,40 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     cluster.add_argument("--base-port", type=_typed(_int_at_least(1), "port"), default=50051)
     cluster.add_argument("--host", default="127.0.0.1", help="address to listen on")
     cluster.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    cluster.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between every process; certificates are made under DATA_DIR/tls "
+        "(with `paxos certs`) unless already there",
+    )
+
+    certs = sub.add_parser(
+        "certs",
+        help="create a development CA and peer and client certificates",
+        description="Create a development CA, one peer certificate for every node (OU=peer), "
+        "and a client certificate (OU=client), each directory laid out as a cert-manager "
+        "Secret: ca.crt, tls.crt, tls.key. For production, see docs/security.md.",
+    )
+    certs.add_argument("--out", type=Path, required=True, help="directory to write to")
+    certs.add_argument(
+        "--hosts",
+        help="comma-separated DNS names and IPs the peer certificate is valid for: every "
+        "name that peers and clients dial (default localhost,127.0.0.1,::1)",
+    )
+    certs.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NAME=HOSTS",
+        help="also a peer certificate for one node alone, in DIR/NAME (repeatable)",
+    )
+    certs.add_argument(
+        "--days",
+        type=_typed(_int_at_least(1), "days"),
+        default=365,
+        help="validity of the peer and client certificates in days (default 365; the CA: 3650)",
+    )
+    certs.add_argument("--force", action="store_true", help="replace an existing CA in --out")
 
     timeout = _typed(lambda t: parse_positive_float(t, "timeout"), "seconds")
     propose = sub.add_parser("propose", help="propose a value for an instance")
@@ -254,6 +362,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="proposer address(es), comma-separated; tried in order [env PAXOS_PROPOSERS]",
     )
     propose.add_argument("--timeout", type=timeout, default=5.0)
+    add_tls_options(propose, server=False)
     propose.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
     propose.add_argument("value", help="the value, as UTF-8 text")
 
@@ -265,9 +374,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="learner address(es), comma-separated; tried in order [env PAXOS_LEARNERS]",
     )
     get.add_argument("--timeout", type=timeout, default=5.0)
+    add_tls_options(get, server=False)
     get.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
 
     kv_cli.add_parser(sub)
+    status_cli.add_parsers(sub)
     # `paxos bench` has its own parser (paxos_service.bench); listed here for --help.
     sub.add_parser("bench", help="benchmark a local cluster (--compare etcd: against etcd)")
     return parser, dict(sub.choices)
@@ -286,6 +397,9 @@ def _server_fields(args: argparse.Namespace) -> dict[str, Any]:
         "listen": args.listen,
         "shutdown_grace": float(args.shutdown_grace),
         "max_value_bytes": int(args.max_value_bytes),
+        "tls": tls_from_args(args, server=True),
+        "metrics_listen": args.metrics_listen,
+        "health_listen": args.health_listen,
     }
 
 
@@ -356,7 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base_port=args.base_port,
                 host=args.host,
                 log_level=args.log_level,
+                tls=args.tls,
             ).run()
+        if args.command == "certs":
+            from paxos_service import certs
+
+            return certs.run(args)
         if args.command == "propose":
             _require(sub, args, "proposer")
             return _propose(args)
@@ -365,6 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _get(args)
         if args.command == "kv":
             return kv_cli.run(args, sub)
+        if args.command == "status":
+            return status_cli.run_status(args)
+        if args.command == "explain":
+            return status_cli.run_explain(args)
     except ConfigError as exc:
         sub.error(str(exc))
     except KeyboardInterrupt:
@@ -436,6 +559,7 @@ def _recover_acceptor(config: AcceptorConfig, acceptors: list[str], settle: floa
                 cluster_id=config.cluster_id,
                 acceptors=acceptors,
                 settle=settle,
+                tls=config.tls,
                 say=lambda line: print(line, flush=True),
             )
         )
@@ -486,12 +610,24 @@ async def _until_signalled(role: Any, grace: float) -> None:
     await run_until_signalled(role, grace)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when PAXOS_EVENT_LOOP=uvloop and it is installed; else asyncio's."""
+    if (_env("event_loop") or "asyncio") != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError("PAXOS_EVENT_LOOP=uvloop, but uvloop is not installed") from None
+    return uvloop.new_event_loop
+
+
 def _serve(serve: Callable[[], Any]) -> int:
     from paxos_service.server import BindError
     from paxos_service.storage import StorageCorrupt
 
     try:
-        asyncio.run(serve())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve())
     except (BindError, StorageCorrupt, ConfigError) as exc:
         log.get_logger().critical("cannot start", error=str(exc))
         _fail(f"refusing to start: {exc}")
@@ -502,8 +638,9 @@ def _propose(args: argparse.Namespace) -> int:
     from paxos_service.client import PaxosClient, PaxosError
 
     value = args.value.encode()
+    tls = tls_from_args(args, server=False)
     try:
-        with PaxosClient(proposers=args.proposer, timeout=args.timeout) as client:
+        with PaxosClient(proposers=args.proposer, timeout=args.timeout, tls=tls) as client:
             result = client.propose_detailed(args.instance, value)
     except PaxosError as exc:
         _fail(str(exc))
@@ -520,8 +657,9 @@ def _propose(args: argparse.Namespace) -> int:
 def _get(args: argparse.Namespace) -> int:
     from paxos_service.client import PaxosClient, PaxosError
 
+    tls = tls_from_args(args, server=False)
     try:
-        with PaxosClient(learners=args.learner, timeout=args.timeout) as client:
+        with PaxosClient(learners=args.learner, timeout=args.timeout, tls=tls) as client:
             value = client.get(args.instance)
     except PaxosError as exc:
         _fail(str(exc))

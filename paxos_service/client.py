@@ -11,6 +11,10 @@ that answers UNAVAILABLE, or cannot be reached, is skipped for the next one in
 the list. Errors are :class:`PaxosError` subclasses, never raw gRPC errors.
 Proposing again for an instance is always safe: Paxos returns the value
 already chosen, so a retry after an unknown outcome cannot choose twice.
+
+With ``tls=TlsFiles(ca, cert, key)`` every channel is mutual TLS: the client
+trusts only the cluster CA and presents its own certificate (see
+docs/security.md). A refused certificate is :class:`AuthenticationError`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 import grpc
 
-from paxos_service.config import DEFAULT_MAX_VALUE_BYTES
+from paxos_service import tls as tls_channels
+from paxos_service.config import DEFAULT_MAX_VALUE_BYTES, TlsFiles
 from paxos_service.server import channel_options
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
@@ -50,6 +55,18 @@ class InvalidArgumentError(PaxosError):
 
 class UnavailableError(PaxosError):
     """No server could make progress (unreachable, or no quorum of acceptors)."""
+
+
+class AuthenticationError(PaxosError):
+    """With TLS: the handshake failed (code UNAUTHENTICATED): the server
+    refused this client's certificate (not signed by the cluster CA, expired),
+    or this client refused the server's. Or the server refused the
+    certificate's role (PERMISSION_DENIED: a client certificate calling a
+    peer-only method). Retrying does not help; the message says what to check.
+
+    A plaintext client that a TLS server hangs up on gets
+    :class:`UnavailableError` saying that the server may require TLS: without
+    TLS, a dropped connection is not proof of a refusal."""
 
 
 class DeadlineExceededError(PaxosError):
@@ -84,11 +101,26 @@ class ProposeResult:
     ballot: tuple[int, int]
 
 
-def _error_from(exc: grpc.RpcError, address: str) -> PaxosError:
+def _error_from(exc: grpc.RpcError, address: str, *, tls: bool = False) -> PaxosError:
     # grpc.aio's AioRpcError is no grpc.Call, but has the same two methods.
     has_status = isinstance(exc, grpc.Call | grpc.aio.AioRpcError)
     code = exc.code() if has_status else None
-    details = exc.details() if has_status else str(exc)
+    details = (exc.details() if has_status else str(exc)) or ""
+    return error_for(code, details, address, tls=tls)
+
+
+def error_for(code: grpc.StatusCode | None, details: str, address: str, *, tls: bool) -> PaxosError:
+    """The typed error for a failed call to ``address``. A failed TLS
+    handshake reaches us as UNAVAILABLE; it becomes :class:`AuthenticationError`
+    (with TLS), or an UnavailableError with a hint (without)."""
+    refusal = tls_channels.describe_refusal(code, details, tls=tls)
+    if refusal is not None and tls:
+        return AuthenticationError(f"{address}: {refusal}", grpc.StatusCode.UNAUTHENTICATED)
+    if refusal is not None:
+        return UnavailableError(f"{address}: {details} ({refusal})", code)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        assert code is not None
+        return AuthenticationError(f"{address}: {code.name}: {details}", code)
     message = f"{address}: {details}"
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgumentError(message, code)
@@ -120,15 +152,19 @@ class _Servers:
     """An ordered list of servers of one kind; calls start with the last one
     that answered."""
 
-    def __init__(self, addresses: Sequence[str], what: str) -> None:
+    def __init__(self, addresses: Sequence[str], what: str, *, tls: bool = False) -> None:
         self.addresses = list(addresses)
         self.what = what
         self.preferred = 0
+        #: Whether the channels use TLS (it changes what a refusal means).
+        self.tls = tls
 
 
 class _Failover:
     """One call's walk down a server list within one deadline: UNAVAILABLE
-    moves on to the next server, any other error is final.
+    moves on to the next server, any other error is final. A refused TLS
+    handshake moves on too (one server may have a bad certificate), and is
+    what the call reports if no server answers.
 
         for i, remaining in (attempt := _Failover(servers, timeout)):
             try: response = call(i, remaining)
@@ -144,6 +180,7 @@ class _Failover:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.last: PaxosError | None = None
+        self.refused: AuthenticationError | None = None
 
     def __iter__(self) -> Iterator[tuple[int, float]]:
         n = len(self.servers.addresses)
@@ -154,8 +191,12 @@ class _Failover:
             yield (self.servers.preferred + k) % n, remaining
 
     def failed(self, index: int, exc: grpc.RpcError) -> None:
-        self.last = _error_from(exc, self.servers.addresses[index])
-        if not isinstance(self.last, UnavailableError):
+        self.last = _error_from(exc, self.servers.addresses[index], tls=self.servers.tls)
+        if isinstance(self.last, AuthenticationError) and self.last.code is (
+            grpc.StatusCode.UNAUTHENTICATED
+        ):
+            self.refused = self.last
+        elif not isinstance(self.last, UnavailableError):
             raise self.last from None
 
     def succeeded(self, index: int, response: _T) -> _T:
@@ -163,6 +204,8 @@ class _Failover:
         return response
 
     def error(self) -> PaxosError:
+        if self.refused is not None:
+            return self.refused
         if self.last is not None:
             return self.last
         return DeadlineExceededError(f"no {self.servers.what} answered within {self.timeout}s")
@@ -178,13 +221,15 @@ class PaxosClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.timeout = timeout
+        self.tls = tls
         options = channel_options(max_value_bytes)
-        self._proposers = _Servers(proposers, "proposer")
-        self._learners = _Servers(learners, "learner")
+        self._proposers = _Servers(proposers, "proposer", tls=tls is not None)
+        self._learners = _Servers(learners, "learner", tls=tls is not None)
         self._channels = [
-            grpc.insecure_channel(a, options=options) for a in (*proposers, *learners)
+            tls_channels.sync_channel(a, tls, options) for a in (*proposers, *learners)
         ]
         self._proposer_stubs = [
             pb_grpc.ProposerServiceStub(c) for c in self._channels[: len(proposers)]
@@ -207,6 +252,7 @@ class PaxosClient:
                     self._learners.addresses,
                     timeout=self.timeout,
                     max_value_bytes=self._max_value_bytes,
+                    tls=self.tls,
                 )
             return self._kv
 
@@ -273,13 +319,15 @@ class AsyncPaxosClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.timeout = timeout
+        self.tls = tls
         options = channel_options(max_value_bytes)
-        self._proposers = _Servers(proposers, "proposer")
-        self._learners = _Servers(learners, "learner")
+        self._proposers = _Servers(proposers, "proposer", tls=tls is not None)
+        self._learners = _Servers(learners, "learner", tls=tls is not None)
         self._channels = [
-            grpc.aio.insecure_channel(a, options=options) for a in (*proposers, *learners)
+            tls_channels.aio_channel(a, tls, options) for a in (*proposers, *learners)
         ]
         self._proposer_stubs = [
             pb_grpc.ProposerServiceStub(c) for c in self._channels[: len(proposers)]
@@ -300,6 +348,7 @@ class AsyncPaxosClient:
                 self._learners.addresses,
                 timeout=self.timeout,
                 max_value_bytes=self._max_value_bytes,
+                tls=self.tls,
             )
         return self._kv
 

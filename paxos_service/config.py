@@ -74,6 +74,17 @@ def parse_positive_float(text: str, what: str) -> float:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS: the cluster CA that signs every peer and client
+    certificate, and this process's own certificate and key (used both to
+    serve and to dial peers). See paxos_service/tls.py and ``paxos certs``."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """What every role's server needs."""
 
@@ -81,6 +92,13 @@ class ServerConfig:
     listen: str
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    #: None means plaintext, which the CLI only allows with an explicit --insecure.
+    tls: TlsFiles | None = None
+    #: HOST:PORT to serve Prometheus metrics on over HTTP; None serves none.
+    metrics_listen: str | None = None
+    #: HOST:PORT to serve grpc.health.v1 alone on, in plaintext, for probes
+    #: that cannot do TLS (Kubernetes' gRPC probes); None serves none.
+    health_listen: str | None = None
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ from typing import Any
 
 import grpc
 
-from paxos_service.config import ConfigError
+from paxos_service import tls as tls_channels
+from paxos_service.config import ConfigError, TlsFiles
 from paxos_service.log import get_logger
 from paxos_service.peers import AcceptorPeer, describe_rpc_error
 from paxos_service.server import channel_options
@@ -187,6 +188,8 @@ class IdentityGuard:
     acceptors: Sequence[str]
     #: Told True/False whenever voting starts or stops (health).
     on_voting_changed: Callable[[bool], Awaitable[None]] | None = None
+    #: This acceptor's certificate for dialling its peers; None: plaintext.
+    tls: TlsFiles | None = None
     standing: Standing = Standing.JOINING
     reason: str = ""
     members: dict[int, str] = field(default_factory=dict)
@@ -244,7 +247,7 @@ class IdentityGuard:
                 await self.run_storage(self.storage.set_status, Status.VOTING)
             self._set(Standing.VOTING, "")
             return
-        self._peers = connect_peers(self.acceptors, skip=self.acceptor_id)
+        self._peers = connect_peers(self.acceptors, self.tls, skip=self.acceptor_id)
         if status is Status.JOINING and not self._peers:
             # The only acceptor: nobody else can remember it.
             await self.run_storage(self.storage.set_status, Status.VOTING)
@@ -474,7 +477,11 @@ class IdentityGuard:
 
 
 def connect_peers(
-    acceptors: Sequence[str], *, skip: int | None = None, only: int | None = None
+    acceptors: Sequence[str],
+    tls: TlsFiles | None,
+    *,
+    skip: int | None = None,
+    only: int | None = None,
 ) -> list[AcceptorPeer]:
     """Channels to the acceptors at their positions (ids), but ``skip``, or
     only ``only``. Identity messages are small: default message limits."""
@@ -482,7 +489,7 @@ def connect_peers(
     for acceptor_id, address in enumerate(acceptors):
         if acceptor_id == skip or (only is not None and acceptor_id != only):
             continue
-        channel = grpc.aio.insecure_channel(address, options=channel_options(_SMALL))
+        channel = tls_channels.aio_channel(address, tls, channel_options(_SMALL))
         peers.append(
             AcceptorPeer(acceptor_id, address, channel, pb_grpc.AcceptorServiceStub(channel))
         )
@@ -539,6 +546,7 @@ async def recover(
     settle: float = DEFAULT_SETTLE,
     timeout: float = 5.0,
     say: Callable[[str], None] = print,
+    tls: TlsFiles | None = None,
 ) -> RecoveryResult:
     """Rebuild acceptor ``acceptor_id`` in ``storage`` (already open) from every
     other acceptor; see the module docstring. Raises :class:`RecoveryError`."""
@@ -557,8 +565,8 @@ async def recover(
             "nothing to recover. If its data really is lost or stale (an old backup), stop "
             "the acceptor, delete the file (and its -wal and -shm), and run this again"
         )
-    peers = connect_peers(acceptors, skip=acceptor_id)
-    (target,) = connect_peers(acceptors, only=acceptor_id)
+    peers = connect_peers(acceptors, tls, skip=acceptor_id)
+    (target,) = connect_peers(acceptors, tls, only=acceptor_id)
     try:
         # A first look, so a missing peer is reported before the wait.
         infos = await _gather(peers, acceptor_id, cluster_id, timeout)

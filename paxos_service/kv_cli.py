@@ -1,6 +1,7 @@
 """``paxos kv``: the replicated key-value store from the shell.
 
-    paxos kv [--learners HOST:PORT,...] [--timeout S] put KEY VALUE
+    paxos kv [--learners HOST:PORT,...] [--timeout S] [--tls-ca F --tls-cert F --tls-key F]
+             put KEY VALUE
     paxos kv get KEY [--stale]
     paxos kv del KEY
     paxos kv cas KEY VALUE (--expect-value V | --expect-version N)
@@ -8,7 +9,8 @@
     paxos kv watch KEY [--prefix] [--from-revision N] [--count N]
     paxos kv outcome CLIENT_ID SEQUENCE
 
-``--learners`` falls back to ``PAXOS_LEARNERS``. Values are taken as given
+``--learners`` falls back to ``PAXOS_LEARNERS``; ``--tls-*`` to ``PAXOS_TLS_*``
+(all three or none: a client certificate signed by the cluster CA). Values are taken as given
 (UTF-8 text, or whatever bytes the shell passed) and printed as UTF-8 text; a
 value that is not UTF-8 text is printed as ``base64:...``, and so is, in the
 line-per-key output of ``range`` and ``watch``, a value containing a line
@@ -100,6 +102,9 @@ def add_parser(
         metavar="S",
         help=f"seconds a command may take, retries included (default {DEFAULT_TIMEOUT:g})",
     )
+    from paxos_service.cli import add_tls_options  # cli imports this module first
+
+    add_tls_options(kv, server=False)
     ops = kv.add_subparsers(dest="kv_command", required=True, metavar="OPERATION")
 
     put = ops.add_parser("put", help="set KEY to VALUE; prints the revision")
@@ -162,13 +167,15 @@ def add_parser(
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``paxos kv ...`` with parsed ``args``; return the exit status."""
+    from paxos_service.cli import tls_from_args
     from paxos_service.client import PaxosError
     from paxos_service.kv_client import KvClient
 
     if args.learners is None:
         parser.error("--learners is required (or set PAXOS_LEARNERS)")
+    tls = tls_from_args(args, server=False)  # a ConfigError is a usage error (exit 2)
     try:
-        with KvClient(args.learners, timeout=args.timeout) as client:
+        with KvClient(args.learners, timeout=args.timeout, tls=tls) as client:
             return _OPERATIONS[args.kv_command](client, args)
     except PaxosError as exc:
         _fail(str(exc))

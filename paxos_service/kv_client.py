@@ -41,8 +41,11 @@ says whether it was applied. A read in that state raises
 changes nothing and can simply be made again. When every attempt was refused
 without appending anything (no learner reachable, or no leader), the error is
 :class:`~paxos_service.client.UnavailableError`. Bad input is
-:class:`~paxos_service.client.InvalidArgumentError`. Nothing here raises a raw
-gRPC error or returns a protobuf message.
+:class:`~paxos_service.client.InvalidArgumentError`. With
+``tls=TlsFiles(...)``, a handshake every learner refuses is
+:class:`~paxos_service.client.AuthenticationError`, at once (unless an earlier
+attempt of the same write may have been applied: then the outcome is what
+matters). Nothing here raises a raw gRPC error or returns a protobuf message.
 
 The state machine remembers the last 1000 sequences of each client, and
 refuses an older one as "too old". Keep fewer calls than that of one client
@@ -67,16 +70,19 @@ from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
 import grpc
 
+from paxos_service import tls as tls_channels
 from paxos_service.client import (
     DEFAULT_TIMEOUT,
+    AuthenticationError,
     DeadlineExceededError,
     InvalidArgumentError,
     OutcomeUnknownError,
     PaxosError,
     UnavailableError,
     _Servers,
+    error_for,
 )
-from paxos_service.config import DEFAULT_MAX_VALUE_BYTES
+from paxos_service.config import DEFAULT_MAX_VALUE_BYTES, TlsFiles
 from paxos_service.server import channel_options
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
@@ -353,18 +359,11 @@ def _status(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
     return None, str(exc)
 
 
-def _error(exc: grpc.RpcError, address: str) -> PaxosError:
-    """The typed error for a final gRPC failure at ``address``."""
+def _error(exc: grpc.RpcError, address: str, *, tls: bool = False) -> PaxosError:
+    """The typed error for a final gRPC failure at ``address`` (a refused
+    TLS handshake is AuthenticationError)."""
     code, details = _status(exc)
-    message = f"{address}: {details}"
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgumentError(message, code)
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return UnavailableError(message, code)
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceededError(message, code)
-    name = code.name if code is not None else "UNKNOWN"
-    return PaxosError(f"{address}: {name}: {details}", code)
+    return error_for(code, details, address, tls=tls)
 
 
 class _Attempts:
@@ -403,6 +402,8 @@ class _Attempts:
         self.count = 0
         self.maybe_applied = False
         self.last: PaxosError | None = None
+        #: Learners that refused the TLS handshake in this call.
+        self.refused_by: set[int] = set()
 
     def next(self) -> tuple[int, float] | None:
         """The next learner to try and the time this attempt may take, or None
@@ -427,10 +428,23 @@ class _Attempts:
         before the next attempt."""
         address = self.servers.addresses[index]
         code, details = _status(exc)
-        if code is grpc.StatusCode.UNAVAILABLE:
+        refusal = tls_channels.describe_refusal(code, details, tls=self.servers.tls)
+        if refusal is not None and self.servers.tls:
+            # Nothing was sent. Another learner may take our certificate;
+            # once every one has refused it, waiting cannot help.
+            self.last = AuthenticationError(
+                f"{address}: {refusal}", grpc.StatusCode.UNAUTHENTICATED
+            )
+            self.refused_by.add(index)
+            if len(self.refused_by) == len(self.servers.addresses) and not self.maybe_applied:
+                raise self.last
+        elif code is grpc.StatusCode.UNAVAILABLE:
             if not any(marker in details.lower() for marker in _NOT_SENT):
                 self.maybe_applied = True
-            self.last = UnavailableError(f"{address}: {details}", code)
+            # Without TLS a hang-up may be a TLS server's refusal, or just a
+            # dropped connection: keep trying, and say what it may be.
+            hint = f" ({refusal})" if refusal is not None else ""
+            self.last = UnavailableError(f"{address}: {details}{hint}", code)
         elif code is grpc.StatusCode.ABORTED and OUTCOME_UNKNOWN in details:
             self.maybe_applied = True
             self.last = PaxosError(f"{address}: {details}", code)
@@ -438,7 +452,7 @@ class _Attempts:
             self.maybe_applied = True
             self.last = DeadlineExceededError(f"{address}: {details}", code)
         else:
-            raise _error(exc, address) from None
+            raise _error(exc, address, tls=self.servers.tls) from None
         return self.pause()
 
     def broken(self, index: int, error: PaxosError, *, was_healthy: bool) -> float:
@@ -476,6 +490,8 @@ class _Attempts:
                 client_id=cid,
                 sequence=seq,
             )
+        if isinstance(self.last, AuthenticationError):
+            return self.last
         if isinstance(self.last, UnavailableError):
             return UnavailableError(
                 f"no {self.servers.what} could serve the request within {self.timeout:g}s{last}",
@@ -487,16 +503,18 @@ class _Attempts:
         )
 
 
-def _watch_failure(exc: grpc.RpcError, address: str) -> PaxosError:
+def _watch_failure(exc: grpc.RpcError, address: str, *, tls: bool) -> PaxosError:
     """The error of a broken watch stream if the watch can resume elsewhere;
     raise it if it cannot.
 
     UNAVAILABLE (the learner went away) and RESOURCE_EXHAUSTED (the server
     cut off a watcher that fell behind, and asks it to watch again) resume
     from the next revision. Anything else (OUT_OF_RANGE when the history is
-    compacted, bad input) is final."""
+    compacted, bad input, a refused certificate) is final."""
     code, _ = _status(exc)
-    error = _error(exc, address)
+    error = _error(exc, address, tls=tls)
+    if isinstance(error, AuthenticationError):
+        raise error from None
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return error
     raise error from None
@@ -549,15 +567,16 @@ class KvClient:
         timeout: float = DEFAULT_TIMEOUT,
         client_id: int | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        tls: TlsFiles | None = None,
     ) -> None:
         if isinstance(learners, str):
             raise InvalidArgumentError("learners must be a list of HOST:PORT strings, not a str")
         self.timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._ids = _RequestIds(client_id)
-        self._servers = _Servers(learners, "learner")
+        self._servers = _Servers(learners, "learner", tls=tls is not None)
         self._max_value_bytes = max_value_bytes
         options = channel_options(max_value_bytes)
-        self._channels = [grpc.insecure_channel(a, options=options) for a in learners]
+        self._channels = [tls_channels.sync_channel(a, tls, options) for a in learners]
         self._stubs = [pb_grpc.KvServiceStub(c) for c in self._channels]
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
 
@@ -827,7 +846,7 @@ class Watch:
             except grpc.RpcError as exc:
                 if self._closed.is_set():
                     return
-                failure = _watch_failure(exc, address)
+                failure = _watch_failure(exc, address, tls=client._servers.tls)
             if self._closed.is_set():
                 return
             healthy = healthy or time.monotonic() - opened >= WATCH_HEALTHY_AFTER
@@ -848,15 +867,16 @@ class AsyncKvClient:
         timeout: float = DEFAULT_TIMEOUT,
         client_id: int | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        tls: TlsFiles | None = None,
     ) -> None:
         if isinstance(learners, str):
             raise InvalidArgumentError("learners must be a list of HOST:PORT strings, not a str")
         self.timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._ids = _RequestIds(client_id)
-        self._servers = _Servers(learners, "learner")
+        self._servers = _Servers(learners, "learner", tls=tls is not None)
         self._max_value_bytes = max_value_bytes
         options = channel_options(max_value_bytes)
-        self._channels = [grpc.aio.insecure_channel(a, options=options) for a in learners]
+        self._channels = [tls_channels.aio_channel(a, tls, options) for a in learners]
         self._stubs = [pb_grpc.KvServiceStub(c) for c in self._channels]
         self._watches: weakref.WeakSet[AsyncWatch] = weakref.WeakSet()
 
@@ -1110,7 +1130,7 @@ class AsyncWatch:
             except grpc.RpcError as exc:
                 if self._closed:
                     return
-                failure = _watch_failure(exc, address)
+                failure = _watch_failure(exc, address, tls=client._servers.tls)
             if self._closed:
                 return
             healthy = healthy or time.monotonic() - opened >= WATCH_HEALTHY_AFTER

@@ -28,7 +28,8 @@ from typing import Any
 
 import grpc
 
-from paxos_service import log_entry
+from paxos_service import log_entry, metrics, tls
+from paxos_service.config import TlsFiles
 from paxos_service.kv.state_machine import Compacted
 from paxos_service.log import get_logger
 from paxos_service.replica import Replica
@@ -76,8 +77,11 @@ class LogAppender:
     #: How long a proposer that timed out is skipped when looking for the leader.
     SILENT_FOR = 3.0
 
-    def __init__(self, proposers: list[str], max_value_bytes: int) -> None:
+    def __init__(
+        self, proposers: list[str], max_value_bytes: int, tls_files: TlsFiles | None
+    ) -> None:
         self.proposers = proposers
+        self._tls = tls_files
         self._options = channel_options(max_value_bytes)
         self._max_batch_bytes = max(1, max_value_bytes // 2)
         self._stubs: dict[str, Any] = {}
@@ -93,7 +97,7 @@ class LogAppender:
     def _stub(self, address: str) -> Any:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = tls.aio_channel(address, self._tls, self._options)
             self._channels.append(channel)
             stub = self._stubs[address] = pb_grpc.ProposerServiceStub(channel)
         return stub
@@ -121,6 +125,7 @@ class LogAppender:
                 batch.append(self._queue.popleft())
             if not batch:
                 return
+            metrics.KV_APPEND_BATCH.observe(len(batch))
             self._in_flight += 1
             task = asyncio.create_task(self._send_batch(batch))
             self._tasks.add(task)
@@ -326,6 +331,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key is required")
         watcher = self.replica.subscribe(request.key, request.prefix)
         machine = self.replica.machine
+        metrics.KV_WATCHERS.inc()
         try:
             start = request.start_revision or machine.revision + 1
             while True:  # history first, in pages
@@ -357,6 +363,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
                         f"watcher fell behind; watch again from revision {start}",
                     )
         finally:
+            metrics.KV_WATCHERS.dec()
             self.replica.unsubscribe(watcher)
 
     # Internals --------------------------------------------------------------

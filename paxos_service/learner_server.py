@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from paxos_service import wire
+from paxos_service import metrics, operator_server, wire
 from paxos_service.config import LearnerConfig
 from paxos_service.kv.state_machine import KvStateMachine
 from paxos_service.kv_server import SERVICE_NAME as KV_SERVICE_NAME
@@ -37,7 +37,7 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         self.acceptors = (
             replica.acceptors
             if replica is not None
-            else connect_acceptors(config.acceptors, config.max_value_bytes)
+            else connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
         )
         self.learner = Learner(frozenset(p.acceptor_id for p in self.acceptors))
         #: The replicated log's replica, when this learner serves the KV store.
@@ -58,6 +58,7 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             # would grow without bound. GetDecision asks the acceptors instead.
             self.replica.on_decided(decide.instance, decide.value)
             return pb.DecideResponse()
+        known = self.learner.decision(decide.instance)
         try:
             self.learner.on_decide(decide)
         except SafetyViolation as exc:
@@ -65,6 +66,8 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"safety violation: {exc}")
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if known is None:
+            metrics.LEARNED_FROM_DECIDE.inc()
         self._log.debug("decided")
         return pb.DecideResponse()
 
@@ -87,6 +90,8 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             except SafetyViolation as exc:
                 self._log.critical("safety violation", error=str(exc))
                 await context.abort(grpc.StatusCode.INTERNAL, f"safety violation: {exc}")
+            if learned is not None:
+                metrics.LEARNED_FROM_ACCEPTORS.inc()
         if learned is None:
             return pb.GetDecisionResponse(instance=instance, decided=False)
         return pb.GetDecisionResponse(
@@ -153,10 +158,10 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-store")
         loop = asyncio.get_running_loop()
         machine = await loop.run_in_executor(executor, KvStateMachine.open, config.db_path)
-        acceptors = connect_acceptors(config.acceptors, config.max_value_bytes)
+        acceptors = connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
         replica = Replica(machine, acceptors, executor)
         replica.start()
-        appender = LogAppender(config.proposers, config.max_value_bytes)
+        appender = LogAppender(config.proposers, config.max_value_bytes, config.tls)
         kv = KvServicer(replica, appender, config.max_value_bytes)
     servicer = LearnerServicer(config, replica)
     servicer.kv = kv
@@ -165,8 +170,9 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
         pb_grpc.add_LearnerServiceServicer_to_server(servicer, server)
         if kv is not None:
             pb_grpc.add_KvServiceServicer_to_server(kv, server)
+        operator_server.add_to_server(operator_server.LearnerView(servicer), server)
 
-    extra = (KV_SERVICE_NAME,) if kv is not None else ()
+    extra = ((KV_SERVICE_NAME,) if kv is not None else ()) + (operator_server.SERVICE_NAME,)
     role = await start_server(config, SERVICE_NAME, register, extra_services=extra)
     get_logger().info(
         "learner serving", address=config.listen, port=role.port, acceptors=config.acceptors

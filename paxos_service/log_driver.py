@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from paxos_service import log_entry, wire
+from paxos_service import log_entry, metrics, tls, wire
 from paxos_service.config import ConfigError, ProposerConfig
 from paxos_service.log import get_logger
 from paxos_service.peers import AcceptorPeer, describe_rpc_error
@@ -33,6 +33,7 @@ from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from roles import PromiseRange, ProtocolError, Reject, SetTimer
 from roles.leader import (
     AnswerHeartbeat,
+    AskLeaderContact,
     Assigned,
     BecameLeader,
     Heartbeat,
@@ -97,7 +98,7 @@ class LogDriver:
         self._clock = clock
         options = channel_options(config.max_value_bytes)
         self.peers: dict[int, Any] = {
-            i: pb_grpc.ProposerServiceStub(grpc.aio.insecure_channel(address, options=options))
+            i: pb_grpc.ProposerServiceStub(tls.aio_channel(address, config.tls, options))
             for i, address in enumerate(config.proposers)
             if i != config.node_id
         }
@@ -116,12 +117,23 @@ class LogDriver:
         self._timer_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer_task: asyncio.Task[None] | None = None
+        # For metrics: when phase 1 (the campaign) and each instance's phase 2
+        # began, the instance the last command batch went to, what was last seen.
+        self._phase1_started = 0.0
+        self._phase2_started: dict[int, float] = {}
+        self._batch_instance = 0
+        self._seen_leader_id: int | None = None
+        self._last_leader_id: int | None = None
+        self._seen_chosen_through = -1
         self._log = get_logger()
 
     # Lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
+        metrics.LEADER_CURRENT.set(-1)
+        metrics.LEADER_IS_LEADER.set(0)
         self._handle(self.leader.start(self._clock()))
+        self._observe_leader()
         self._timer_task = asyncio.create_task(self._timer_loop(), name="leader-timer")
 
     async def stop(self) -> None:
@@ -144,12 +156,15 @@ class LogDriver:
         if self.leader.role is not Role.LEADER:
             raise self._not_leader()
         futures = []
+        batch: list[tuple[int, bytes]] = []
         for command in commands:
             token = next(self._tokens)
             future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._waiting[token] = future
             futures.append(future)
-            self._step(functools.partial(self._submit, token, command))
+            batch.append((token, command))
+        # One step for the whole Append, so that its commands share instances.
+        self._step(functools.partial(self.leader.submit_many, batch))
         try:
             instances = await asyncio.wait_for(
                 asyncio.gather(*futures), timeout=max(0.0, deadline - self._clock())
@@ -158,9 +173,6 @@ class LogDriver:
             for future in futures:
                 future.cancel()
         return max(instances)
-
-    def _submit(self, token: int, command: bytes, now: float) -> list[LeaderEffect]:
-        return self.leader.submit(token, command, now)
 
     def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         heartbeat = Heartbeat(
@@ -186,23 +198,32 @@ class LogDriver:
 
     # Stepping the state machine -------------------------------------------
 
-    def _step(self, step: Callable[[float], list[LeaderEffect]]) -> list[LeaderEffect]:
+    def _step(
+        self, step: Callable[[float], list[LeaderEffect]], *, timer: bool = False
+    ) -> list[LeaderEffect]:
         try:
             effects = step(self._clock())
         except ProtocolError as exc:
             self._log.warning("dropped a bad message", error=str(exc))
             return []
-        self._handle(effects)
+        self._handle(effects, timer=timer)
+        self._observe_leader()
         return effects
 
-    def _handle(self, effects: list[LeaderEffect]) -> None:
+    def _handle(self, effects: list[LeaderEffect], *, timer: bool = False) -> None:
+        """Perform ``effects``. ``timer``: they answer the timer, not a message
+        (a step-down then means no majority answered in time, not preemption)."""
         for effect in effects:
             if isinstance(effect, SendToAcceptors):
+                self._count_send(effect)
                 targets = [
                     p for p in self.acceptors if effect.to is None or p.acceptor_id in effect.to
                 ]
                 for peer in targets:
                     self._spawn(self._send_to_acceptor(peer, effect.message))
+            elif isinstance(effect, AskLeaderContact):
+                for peer in self.acceptors:
+                    self._spawn(self._ask_leader_contact(peer, effect.seq))
             elif isinstance(effect, SendHeartbeat):
                 for peer_id, stub in self.peers.items():
                     self._spawn(self._send_heartbeat(peer_id, stub, effect.heartbeat))
@@ -210,6 +231,10 @@ class LogDriver:
                 self._timer_at = effect.at
                 self._timer_changed.set()
             elif isinstance(effect, InstanceChosen):
+                metrics.MULTI_PAXOS.chosen.inc()
+                started = self._phase2_started.pop(effect.instance, None)
+                if started is not None:
+                    metrics.MULTI_PAXOS.phase2.observe(self._clock() - started)
                 for token in effect.tokens:
                     self._resolve(token, effect.instance)
                 if self.learners:
@@ -223,13 +248,50 @@ class LogDriver:
                 for token in effect.tokens:
                     self._fail(token, unknown)
             elif isinstance(effect, BecameLeader):
+                metrics.MULTI_PAXOS.phase1.observe(self._clock() - self._phase1_started)
                 self._log.info(
                     "became leader", ballot=str(effect.ballot), from_instance=effect.from_instance
                 )
             elif isinstance(effect, SteppedDown):
+                (metrics.LEADER_QUORUM_LOST if timer else metrics.MULTI_PAXOS.preemptions).inc()
+                self._phase2_started.clear()
                 self._log.info("stepped down", reason=effect.reason, leader_hint=effect.leader_hint)
-            elif isinstance(effect, Assigned | AnswerHeartbeat):
-                pass  # Assigned: nothing to do until chosen; answers go back in the RPC.
+            elif isinstance(effect, Assigned):
+                # Nothing to do until chosen; its Accept follows in these effects.
+                metrics.LEADER_BATCH_COMMANDS.observe(len(effect.tokens))
+                self._batch_instance = effect.instance
+            elif isinstance(effect, AnswerHeartbeat):
+                pass  # answers go back in the RPC
+
+    def _count_send(self, effect: SendToAcceptors) -> None:
+        message = effect.message
+        if isinstance(message, PrepareRange):
+            metrics.LEADER_CAMPAIGNS.inc()
+            self._phase1_started = self._clock()
+        elif effect.to is not None:  # only retransmissions go to some acceptors
+            metrics.LEADER_RETRANSMITS.inc()
+        else:
+            metrics.MULTI_PAXOS.proposals.inc()
+            self._phase2_started[message.instance] = self._clock()
+            if message.instance == self._batch_instance:
+                metrics.LEADER_BATCH_BYTES.observe(len(message.value))
+
+    def _observe_leader(self) -> None:
+        """Update the leader gauges when what this proposer knows changed
+        (a comparison per step; the gauges' locks only on a change)."""
+        leader_id = self.leader.leader_id
+        if leader_id != self._seen_leader_id:
+            self._seen_leader_id = leader_id
+            metrics.LEADER_CURRENT.set(-1 if leader_id is None else leader_id)
+            metrics.LEADER_IS_LEADER.set(1 if self.leader.role is Role.LEADER else 0)
+            # Not counted: the gap of an election (None), or the same leader after it.
+            if leader_id is not None and leader_id != self._last_leader_id:
+                self._last_leader_id = leader_id
+                metrics.LEADER_CHANGES.inc()
+        chosen_through = self.leader.chosen_through
+        if chosen_through != self._seen_chosen_through:
+            self._seen_chosen_through = chosen_through
+            metrics.LEADER_CHOSEN_THROUGH.set(chosen_through)
 
     def _resolve(self, token: int, instance: int) -> None:
         future = self._waiting.pop(token, None)
@@ -270,7 +332,7 @@ class LogDriver:
                 except TimeoutError:
                     pass
             self._timer_at = float("inf")
-            self._step(self.leader.on_timer)
+            self._step(self.leader.on_timer, timer=True)
 
     async def _send_to_acceptor(self, peer: AcceptorPeer, message: PrepareRange | Accept) -> None:
         timeout = self.leader_config.phase_timeout
@@ -303,9 +365,27 @@ class LogDriver:
         if isinstance(reply, PromiseRange):
             self._step(lambda now: self.leader.on_promise_range(reply, now))
         elif isinstance(reply, Reject):
+            metrics.MULTI_PAXOS.rejections.inc()
             self._step(lambda now: self.leader.on_reject(reply, now))
         else:
             self._step(lambda now: self.leader.on_accepted(reply, now))
+
+    async def _ask_leader_contact(self, peer: AcceptorPeer, seq: int) -> None:
+        request = pb.GetLeaderContactRequest(proposer_id=self.config.node_id)
+        try:
+            reply = await peer.stub.GetLeaderContact(
+                request, timeout=self.leader_config.phase_timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            peer.last_error = describe_rpc_error(peer.address, exc)
+            return
+        if reply.acceptor_id != peer.acceptor_id:
+            return  # misconfigured list; _send_to_acceptor logs it
+        leader_id = reply.proposer_id if reply.has_contact else None
+        since = reply.seconds_since
+        self._step(
+            lambda now: self.leader.on_leader_contact(peer.acceptor_id, seq, leader_id, since, now)
+        )
 
     async def _send_heartbeat(self, peer_id: int, stub: Any, heartbeat: Heartbeat) -> None:
         request = pb.HeartbeatRequest(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from paxos_service import tls
+from paxos_service.config import TlsFiles
 from paxos_service.server import channel_options
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 
@@ -23,10 +25,14 @@ class AcceptorPeer:
     last_error: str | None = field(default=None)
 
 
-def connect_acceptors(addresses: list[str], max_value_bytes: int) -> list[AcceptorPeer]:
+def connect_acceptors(
+    addresses: list[str], max_value_bytes: int, tls_files: TlsFiles | None
+) -> list[AcceptorPeer]:
+    """Channels to the acceptors, with this node's certificate (or plaintext).
+    ``tls_files`` has no default: a caller that forgot it would dial plaintext."""
     peers = []
     for acceptor_id, address in enumerate(addresses):
-        channel = grpc.aio.insecure_channel(address, options=channel_options(max_value_bytes))
+        channel = tls.aio_channel(address, tls_files, channel_options(max_value_bytes))
         peers.append(
             AcceptorPeer(acceptor_id, address, channel, pb_grpc.AcceptorServiceStub(channel))
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from paxos_service import log_entry, wire
+from paxos_service import log_entry, metrics, operator_server, tls, wire
 from paxos_service.config import ProposerConfig
 from paxos_service.log import get_logger
 from paxos_service.log_driver import LEADER_METADATA, AppendOutcomeUnknown, LogDriver, NotLeader
@@ -32,6 +32,7 @@ from roles import (
     Chosen,
     Effect,
     GaveUp,
+    Phase,
     Prepare,
     Promise,
     Proposer,
@@ -71,10 +72,10 @@ class ProposerDriver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.acceptors = connect_acceptors(config.acceptors, config.max_value_bytes)
+        self.acceptors = connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
         self.learners = [
             pb_grpc.LearnerServiceStub(
-                grpc.aio.insecure_channel(a, options=channel_options(config.max_value_bytes))
+                tls.aio_channel(a, config.tls, channel_options(config.max_value_bytes))
             )
             for a in config.learners
         ]
@@ -121,6 +122,9 @@ class ProposerDriver:
         in_flight: set[asyncio.Task[None]] = set()
         answered: set[int] = set()
         timer_at = deadline
+        stats = metrics.SINGLE_DECREE
+        stats.proposals.inc()
+        phase_started = 0.0  # when the current phase's Broadcast went out
         try:
             effects: list[Effect] = proposer.start(self._clock())
             while True:
@@ -132,6 +136,10 @@ class ProposerDriver:
                             instance=instance,
                             ballot=str(effect.message.ballot),
                         )
+                        now = self._clock()
+                        if isinstance(effect.message, Accept):  # phase 1 is through
+                            stats.phase1.observe(now - phase_started)
+                        phase_started = now
                         for peer in self.acceptors:
                             task = asyncio.create_task(
                                 self._send(peer, effect.message, inbox, answered, deadline)
@@ -141,6 +149,8 @@ class ProposerDriver:
                     elif isinstance(effect, SetTimer):
                         timer_at = effect.at
                     elif isinstance(effect, Chosen):
+                        stats.phase2.observe(self._clock() - phase_started)
+                        stats.chosen.inc()
                         self._rounds.pop(instance, None)
                         self._announce(effect.decide)
                         return effect
@@ -154,11 +164,16 @@ class ProposerDriver:
                 except TimeoutError:
                     effects = proposer.on_timer(self._clock())
                     continue
+                phase = proposer.phase
                 try:
                     effects = proposer.on_message(reply, self._clock())
                 except ProtocolError as exc:
                     self._log.error("bad reply from acceptor", error=str(exc))
                     effects = []
+                if isinstance(reply, Reject):
+                    stats.rejections.inc()
+                    if proposer.phase is Phase.BACKING_OFF and phase is not Phase.BACKING_OFF:
+                        stats.preemptions.inc()  # a higher ballot: retry above it
         finally:
             for task in in_flight:
                 task.cancel()
@@ -346,10 +361,13 @@ async def start_proposer(
         log = LogDriver(config, driver.acceptors, driver.learners)
         log.start()
     servicer = ProposerServicer(driver, log)
+
+    def register(server: grpc.aio.Server) -> None:
+        pb_grpc.add_ProposerServiceServicer_to_server(servicer, server)
+        operator_server.add_to_server(operator_server.ProposerView(driver, log), server)
+
     role = await start_server(
-        config,
-        SERVICE_NAME,
-        lambda server: pb_grpc.add_ProposerServiceServicer_to_server(servicer, server),
+        config, SERVICE_NAME, register, extra_services=(operator_server.SERVICE_NAME,)
     )
     get_logger().info(
         "proposer serving",

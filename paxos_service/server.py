@@ -61,6 +61,8 @@ class RoleServer:
     port: int
     service_name: str
     extra_services: tuple[str, ...] = ()
+    #: The plaintext health-only server (--health-listen), if any.
+    health_server: grpc.aio.Server | None = None
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -84,7 +86,14 @@ async def start_server(
 ) -> RoleServer:
     """Build, bind and start a server exposing ``service_name`` plus health and
     reflection. Raises :class:`BindError` when the address cannot be bound."""
-    server = grpc.aio.server(options=server_options(config.max_value_bytes))
+    from paxos_service import metrics, tls
+
+    # Counting every RPC costs a few per cent of CPU: only when someone can read it.
+    counting = metrics.server_interceptors() if config.metrics_listen is not None else []
+    interceptors = [*counting, *tls.server_interceptors(config.tls)]
+    server = grpc.aio.server(
+        options=server_options(config.max_value_bytes), interceptors=interceptors
+    )
     register(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -92,16 +101,53 @@ async def start_server(
         (service_name, *extra_services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(config.listen)
+        if config.tls is None:
+            get_logger().warning(
+                "serving plaintext without TLS: anyone who can reach this port can vote "
+                "or read; use --tls-ca/--tls-cert/--tls-key outside local testing",
+                listen=config.listen,
+            )
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, tls.server_credentials(config.tls))
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {config.listen}: {exc}") from exc
     if port == 0:
         raise BindError(f"cannot listen on {config.listen}: address in use or not available")
+    if config.metrics_listen is not None:
+        metrics.serve_http(config.metrics_listen)  # before start: a busy port stops us cleanly
     await server.start()
-    role = RoleServer(server, health_servicer, port, service_name, extra_services)
+    health_server = None
+    if config.health_listen is not None:
+        health_server = await _start_health_only(config.health_listen, health_servicer, server)
+    role = RoleServer(server, health_servicer, port, service_name, extra_services, health_server)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     await role.set_serving(serving)
     return role
+
+
+async def _start_health_only(
+    listen: str, health_servicer: Any, main: grpc.aio.Server
+) -> grpc.aio.Server:
+    """A second server with the same health servicer and nothing else, in
+    plaintext: Kubernetes' gRPC probes cannot do TLS, let alone present a
+    client certificate. It reveals only SERVING/NOT_SERVING; every other
+    service stays behind mutual TLS on the main port."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        port = 0
+        error = f": {exc}"
+    else:
+        error = ": address in use or not available"
+    if port == 0:
+        await main.stop(None)
+        raise BindError(f"cannot listen on {listen} (--health-listen){error}")
+    await server.start()
+    get_logger().info("serving grpc.health.v1 alone, in plaintext, for probes", listen=listen)
+    return server
 
 
 async def run_until_signalled(role: RoleServer, grace: float) -> None:
@@ -119,6 +165,8 @@ async def run_until_signalled(role: RoleServer, grace: float) -> None:
         log.info("shutting down", grace_seconds=grace)
         await role.health.enter_graceful_shutdown()
         await role.server.stop(grace)
+    if role.health_server is not None:
+        await role.health_server.stop(None)
     waiter.cancel()
     stopper.cancel()
     log.info("stopped")

@@ -20,6 +20,7 @@ from roles.ballot import ZERO_BALLOT, Ballot
 from roles.errors import NotVoting, ProtocolError, SafetyViolation
 from roles.leader import (
     AnswerHeartbeat,
+    AskLeaderContact,
     Assigned,
     BecameLeader,
     Heartbeat,
@@ -66,6 +67,7 @@ __all__ = [
     "AcceptorState",
     "AcceptorStep",
     "AnswerHeartbeat",
+    "AskLeaderContact",
     "Assigned",
     "Ballot",
     "BecameLeader",

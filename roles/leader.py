@@ -7,10 +7,12 @@ promises keep them from choosing two values for one instance.
 
 Roles and transitions (every input takes ``now`` and returns a list of effects)::
 
-    FOLLOWER  --election timeout, or campaign()--------------------> CANDIDATE
+    FOLLOWER  --election timeout: pre-vote; a majority grants------> CANDIDATE
+    FOLLOWER  --campaign() (operator, tests)-----------------------> CANDIDATE
     CANDIDATE --majority of PromiseRange for its ballot------------> LEADER
-    CANDIDATE --phase timeout----------------------------------> CANDIDATE (backs
-                off a random time in [0, election_timeout), then a higher round)
+    CANDIDATE --phase timeout----------------------------------> FOLLOWER (backs
+                off a random time in [0, election_timeout), then pre-votes again;
+                without pre-vote: CANDIDATE with a higher round after the backoff)
     CANDIDATE --valid Heartbeat, or any higher ballot--------------> FOLLOWER
     LEADER    --valid Heartbeat, or any higher ballot--------------> FOLLOWER
     LEADER    --an instance without quorum after max_retransmits---> FOLLOWER
@@ -24,6 +26,18 @@ campaigns when no valid heartbeat came for a random time in ``[T, 2T)``
 lower ballot: its PrepareRange may already have raised the acceptors'
 promises above that leader's ballot, so that leader is finished anyway, and
 the answer to its heartbeat (our highest ballot) tells it so at once.
+
+Pre-vote (Raft's PreVote, adapted to Paxos): when its election timer fires, a
+follower does not raise its round at once. It first asks every acceptor which
+proposer last had a value accepted there and how long ago
+(:class:`AskLeaderContact`); an acceptor *grants* unless another proposer did
+so less than ``election_timeout`` ago. Only with a majority of grants does it
+campaign. A proposer that is cut off (or can send but not receive) therefore
+never gets to raise its round, and cannot depose a working leader when the
+network heals; a leader that stops getting values accepted is replaced as
+before, one round trip later. Safety does not depend on it: it only delays
+campaigns. An idle leader has nothing accepted, so at idle a follower that
+misses its heartbeats may still take over, which costs nothing in flight.
 
 Phase 1 (section 3): a candidate sends one ``PrepareRange(chosen_through + 1,
 ballot)`` for every instance at once. With a majority of PromiseRange it
@@ -52,16 +66,19 @@ Interface (the gRPC driver follows it)::
                                          previous one; calls before `at` do nothing
     campaign(now)                        start an election now (operator, tests)
     submit(token, command, now)          a client command; token is the driver's handle
+    submit_many([(token, command)], now) commands that arrived together: they share instances
     on_promise_range(msg, now)
     on_accepted(msg, now)
     on_reject(msg, now)                  for PrepareRange (instance = from_instance) or Accept
     on_heartbeat(msg, now)               from another proposer; always answers
     on_heartbeat_reply(from_id, highest_ballot, now)
+    on_leader_contact(acceptor_id, seq, leader_id, seconds_since, now)
+                                         an acceptor's answer to AskLeaderContact(seq)
     on_learned(instance, now)            chosen, as the driver heard from a learner
     role, ballot, leader_id, chosen_through, next_instance,
     highest_ballot_seen, in_flight, queued
 
-Effects: :class:`SendToAcceptors`, :class:`SendHeartbeat`,
+Effects: :class:`SendToAcceptors`, :class:`AskLeaderContact`, :class:`SendHeartbeat`,
 :class:`AnswerHeartbeat`, :class:`~roles.proposer.SetTimer`,
 :class:`InstanceChosen`, :class:`Assigned`, :class:`Rejected`,
 :class:`OutcomeUnknown`, :class:`BecameLeader`, :class:`SteppedDown`.
@@ -123,6 +140,8 @@ class LeaderConfig:
     max_retransmits: int = 3
     #: Commands queued at the leader beyond this are rejected (back-pressure).
     max_queued: int = 100_000
+    #: Ask the acceptors before campaigning (see "Pre-vote" in the module doc).
+    pre_vote: bool = True
 
     def __post_init__(self) -> None:
         timings = (self.heartbeat_interval, self.election_timeout, self.phase_timeout)
@@ -160,6 +179,14 @@ class SendToAcceptors:
 
     message: PrepareRange | Accept
     to: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AskLeaderContact:
+    """Pre-vote: ask every acceptor who last had a value accepted there and how
+    long ago; feed each answer to :meth:`Leader.on_leader_contact` with ``seq``."""
+
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +265,7 @@ class SteppedDown:
 
 LeaderEffect = (
     SendToAcceptors
+    | AskLeaderContact
     | SendHeartbeat
     | AnswerHeartbeat
     | SetTimer
@@ -302,6 +330,9 @@ class Leader:
         self._chosen_above: set[int] = set()  # chosen, above a gap; at most `window`
         # FOLLOWER.
         self._election_at = _NEVER
+        self._prevote_seq = 0  # the pre-vote round in progress, if _prevoting
+        self._prevoting = False
+        self._prevote_grants: set[int] = set()
         # CANDIDATE.
         self._from_instance = chosen_through + 1
         self._promises: dict[int, PromiseRange] = {}
@@ -374,10 +405,15 @@ class Leader:
         effects: list[LeaderEffect] = []
         if self._role is Role.FOLLOWER:
             if now >= self._election_at:
-                effects += self._campaign(now)
+                effects += self._pre_vote(now) if self.config.pre_vote else self._campaign(now)
         elif self._role is Role.CANDIDATE:
             if now >= self._candidate_at:
-                if self._campaigning:
+                if self._campaigning and self.config.pre_vote:
+                    # Phase 1 timed out: back off a random time so that duelling
+                    # candidates drift apart, then ask the acceptors again.
+                    effects += self._step_down(now, None, "phase 1 had no quorum in time")
+                    self._election_at = now + self._rng.uniform(0.0, self.config.election_timeout)
+                elif self._campaigning:
                     # Phase 1 timed out: wait a random time so that duelling
                     # candidates drift apart, then try a higher round.
                     self._campaigning = False
@@ -396,14 +432,24 @@ class Leader:
         return self._campaign(now) + self._rearm()
 
     def submit(self, token: int, command: bytes, now: float) -> list[LeaderEffect]:
-        if token in self._tokens:
-            raise ProtocolError(f"token {token} is already queued or in flight")
+        return self.submit_many([(token, command)], now)
+
+    def submit_many(self, commands: Sequence[tuple[int, bytes]], now: float) -> list[LeaderEffect]:
+        """Several client commands, ``(token, command)``, that arrived together
+        (one Append): all are queued before the pipeline is filled, so they
+        share an instance instead of taking one each while the window has room."""
+        tokens = [token for token, _ in commands]
+        if len(set(tokens)) != len(tokens) or not self._tokens.isdisjoint(tokens):
+            raise ProtocolError(f"tokens {tokens} repeat or are already queued or in flight")
+        if not commands:
+            return []
         if self._role is not Role.LEADER:
-            return [Rejected((token,), self._hint(), f"proposer {self.proposer_id} is not leader")]
-        if len(self._queue) >= self.config.max_queued:
-            return [Rejected((token,), self.proposer_id, "the leader's queue is full")]
-        self._queue.append((token, command))
-        self._tokens.add(token)
+            reason = f"proposer {self.proposer_id} is not leader"
+            return [Rejected(tuple(tokens), self._hint(), reason)]
+        if len(self._queue) + len(commands) > self.config.max_queued:
+            return [Rejected(tuple(tokens), self.proposer_id, "the leader's queue is full")]
+        self._queue.extend(commands)
+        self._tokens.update(tokens)
         return self._fill_pipeline(now) + self._rearm()
 
     def on_promise_range(self, msg: PromiseRange, now: float) -> list[LeaderEffect]:
@@ -475,6 +521,7 @@ class Leader:
             self._advance_chosen_through(msg.chosen_through)
             if self._role is Role.FOLLOWER:
                 self._leader_id = msg.proposer_id
+                self._prevoting = False
                 self._arm_election(now)
             else:
                 effects += self._step_down(
@@ -492,6 +539,32 @@ class Leader:
             highest_ballot, now, f"proposer {from_id} has seen {highest_ballot}"
         )
 
+    def on_leader_contact(
+        self,
+        acceptor_id: int,
+        seq: int,
+        leader_id: int | None,
+        seconds_since: float,
+        now: float,
+    ) -> list[LeaderEffect]:
+        """Acceptor ``acceptor_id``'s answer to :class:`AskLeaderContact` ``seq``:
+        proposer ``leader_id`` last had a value accepted there ``seconds_since``
+        ago (``leader_id`` None: none since it started)."""
+        self._check_acceptor(acceptor_id)
+        if not seconds_since >= 0 or (leader_id is not None and leader_id < 0):
+            raise ProtocolError(f"bad leader contact {leader_id}, {seconds_since}")
+        if self._role is not Role.FOLLOWER or not self._prevoting or seq != self._prevote_seq:
+            return []
+        other = leader_id is not None and leader_id != self.proposer_id
+        if other and seconds_since < self.config.election_timeout:
+            if self._leader_id is None:
+                self._leader_id = leader_id  # a hint for redirects
+            return []
+        self._prevote_grants.add(acceptor_id)
+        if not is_quorum(self._prevote_grants, self.acceptor_ids):
+            return []
+        return self._campaign(now) + self._rearm()
+
     def on_learned(self, instance: int, now: float) -> list[LeaderEffect]:
         """``instance`` is chosen, as the driver heard from a learner. A leader
         ignores this: its own quorums decide its instances. Others remember at
@@ -504,7 +577,17 @@ class Leader:
 
     # Transitions --------------------------------------------------------------
 
+    def _pre_vote(self, now: float) -> list[LeaderEffect]:
+        """Ask the acceptors whether a leader is at work; if no majority grants
+        before the election timer fires again, ask again then."""
+        self._prevote_seq += 1
+        self._prevoting = True
+        self._prevote_grants = set()
+        self._arm_election(now)
+        return [AskLeaderContact(self._prevote_seq)]
+
     def _campaign(self, now: float) -> list[LeaderEffect]:
+        self._prevoting = False
         self._role = Role.CANDIDATE
         self._max_round = max(self._max_round, self._highest_seen.round) + 1
         self._ballot = self._highest_seen = Ballot(self._max_round, self.proposer_id)

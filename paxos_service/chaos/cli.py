@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from paxos_service.broken_acceptor import ENV_VAR as BROKEN_ENV
+from paxos_service.broken_acceptor import MODES as BROKEN_MODES
 from paxos_service.chaos.harness import HarnessError, NotRootError
 from paxos_service.chaos.nemesis import FAULT_KINDS
 from paxos_service.chaos.run import RunConfig, run_chaos
@@ -77,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--check-budget", type=float, default=300.0, help="linearizability budget, s")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--broken-acceptor",
+        choices=BROKEN_MODES,
+        default=None,
+        metavar="MODE",
+        help="TEST ONLY: run acceptors deliberately broken (sets "
+        f"{BROKEN_ENV}=MODE for them; modes: {', '.join(BROKEN_MODES)}) to prove the "
+        "checkers catch it: such a run should exit 1",
+    )
+    p.add_argument(
+        "--broken-acceptors",
+        type=int,
+        choices=(1, 2, 3),
+        default=None,
+        metavar="N",
+        help="with --broken-acceptor: break only the first N acceptors (default: all 3)",
+    )
     return p
 
 
@@ -84,7 +103,8 @@ def replay_command(args: argparse.Namespace, seed: int) -> str:
     argv = ["python", "-m", "paxos_service.chaos", "--duration", f"{args.duration:g}s"]
     argv += ["--seed", str(seed)]
     defaults = build_parser().parse_args([])
-    for flag in ("clients", "keys", "op_timeout", "fault_seconds", "heal_seconds", "kinds"):
+    flags = ("clients", "keys", "op_timeout", "fault_seconds", "heal_seconds", "kinds")
+    for flag in (*flags, "broken_acceptor", "broken_acceptors"):
         value = getattr(args, flag)
         if value != getattr(defaults, flag):
             if isinstance(value, tuple) and value and isinstance(value[0], float):
@@ -98,7 +118,10 @@ def replay_command(args: argparse.Namespace, seed: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.broken_acceptors is not None and args.broken_acceptor is None:
+        parser.error("--broken-acceptors needs --broken-acceptor MODE")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     out = args.out or Path("data") / "chaos" / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
     replay = replay_command(args, seed)
@@ -116,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         linearizability_budget=args.check_budget,
         replay=replay,
         progress=not args.quiet,
+        broken_acceptor=args.broken_acceptor,
+        broken_acceptors=args.broken_acceptors,
     )
     try:
         outcome = run_chaos(config)

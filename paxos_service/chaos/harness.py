@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paxos_service.broken_acceptor import ENV_VAR as BROKEN_ACCEPTOR_ENV
+
 #: The run's private subnet. It exists only inside the namespaces a run creates.
 SUBNET = "10.77.0"
 HUB_IP = f"{SUBNET}.1"
@@ -52,6 +54,9 @@ FSYNC_FAILPOINT = "posix/io/sync/*"
 REQUIRED_COMMANDS = {"ip": "iproute2", "tc": "iproute2", "iptables": "iptables"}
 REQUIRED_COMMANDS |= {"iptables-restore": "iptables", "fiu-run": "fiu-utils"}
 REQUIRED_COMMANDS |= {"fiu-ctrl": "fiu-utils", "mount": "mount", "faketime": "faketime"}
+
+#: The directory holding the ``paxos_service`` package the controller runs.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 #: Where each run records what it made, until it has cleaned it up.
 MANIFEST_DIR = Path("/run/paxos-chaos")
@@ -191,6 +196,8 @@ class Node:
     under_fiu: bool = False
     #: A libfaketime timestamp file ("+<seconds>"): the node's clock offset.
     clock_file: Path | None = None
+    #: Extra environment (the test-only broken-acceptor switch).
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     paused: bool = False
@@ -221,11 +228,21 @@ class Harness:
     """Builds the network, runs the nodes, and tears everything down."""
 
     def __init__(
-        self, workdir: Path, prefix: str | None = None, *, fake_clocks: bool = False
+        self,
+        workdir: Path,
+        prefix: str | None = None,
+        *,
+        fake_clocks: bool = False,
+        broken_acceptor: str | None = None,
+        broken_acceptors: int | None = None,
     ) -> None:
         self.workdir = workdir
         #: Run every proposer under libfaketime, so the nemesis can jump its clock.
         self.fake_clocks = fake_clocks
+        #: Test only: run the first ``broken_acceptors`` acceptors (all if None)
+        #: deliberately broken in this mode (see paxos_service/broken_acceptor.py).
+        self.broken_acceptor = broken_acceptor
+        self.broken_acceptors = broken_acceptors
         self.prefix = prefix or f"cx{os.getpid()}"
         self.nodes: dict[str, Node] = {}
         self.hub = f"{self.prefix}-hub"
@@ -259,7 +276,7 @@ class Harness:
         for role, netns, i in layout:
             ip = ips[(role, i)]
             common = [python, "-m", "paxos_service", role, "--id", str(i)]
-            common += ["--listen", f"{ip}:{PORT}"]
+            common += ["--listen", f"{ip}:{PORT}", "--insecure"]
             data_dir: Path | None = None
             if role == "acceptor":
                 data_dir = self.workdir / "data" / f"acceptor-{i}"
@@ -275,6 +292,9 @@ class Harness:
             node = Node(role, i, netns, ip, argv, logs, data_dir, under_fiu=role == "acceptor")
             if role == "proposer" and self.fake_clocks:
                 node.clock_file = self.workdir / "clock" / f"{node.name}.faketime"
+            broken = self.broken_acceptors if self.broken_acceptors is not None else acceptors
+            if role == "acceptor" and self.broken_acceptor and i < broken:
+                node.env[BROKEN_ACCEPTOR_ENV] = self.broken_acceptor
             self.nodes[node.name] = node
 
     def create(self) -> None:
@@ -390,9 +410,14 @@ class Harness:
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
+            # The nodes run the code the controller runs (also from a copy of
+            # the source tree), whatever the venv's editable install points at.
+            "PYTHONPATH": str(SOURCE_ROOT),
+            **node.env,
         }
         with node.log_path.open("ab") as log:
-            log.write(f"--- start {node.starts}: {shlex.join(node.argv)}\n".encode())
+            extra = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(node.env.items()))
+            log.write(f"--- start {node.starts}: {extra}{shlex.join(node.argv)}\n".encode())
             log.flush()
             node.process = subprocess.Popen(
                 [*prefix, *node.argv],

@@ -33,6 +33,12 @@ clock-jump             a proposer's (the leader's, or a follower's) wall   nothi
                        and monotonic clocks jump ahead by 2-120 s         run backwards
                        (libfaketime timestamp file; every proposer runs
                        under it when this kind is on)
+split-brain            two halves, {the leader, one learner} and {the     flush the rules
+                       other proposers, the other learner}, that cannot
+                       talk to each other (TCP reset) but both reach every
+                       acceptor; the leader is paused until another
+                       proposer has taken over, then continued: each half
+                       has a proposer that believes it leads
 fsync                  libfiu makes fsync fail in one running acceptor     disable; SIGKILL; restart
                        (``fiu-ctrl -c "enable name=posix/io/sync/*"``);
                        it must stop voting
@@ -77,6 +83,7 @@ FAULT_KINDS: Final = (
     # so `--kinds <the old list>` still replays an older run exactly.
     "slow-link",
     "clock-jump",
+    "split-brain",
 )
 #: Kinds that need every proposer started under libfaketime.
 CLOCK_KINDS: Final = ("clock-jump",)
@@ -91,6 +98,8 @@ DISK_FULL_SECONDS: Final = (20.0, 25.0)
 FLAP_SECONDS: Final = (0.3, 1.0)
 #: How long a storage fault stays on after its target stopped voting.
 STORAGE_FAULT_LINGER: Final = 1.0
+#: split-brain: the old leader stays paused at most this long for another to take over.
+SPLIT_BRAIN_TAKEOVER: Final = 3.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,10 @@ def plan_schedule(
         elif kind == "slow-link":
             target = LEADER if rng.random() < 0.5 else rng.choice(everyone)
             params["rate_kbit"] = rng.choice((64, 128, 256, 512))
+        elif kind == "split-brain":
+            # The learner that stays on the old leader's side.
+            target = LEADER
+            params["learner"] = rng.choice(learners)
         elif kind in ("partition-one-way", "partition-flap"):
             target = LEADER if rng.random() < 0.5 else rng.choice(everyone)
         elif kind == "loss":
@@ -216,6 +229,8 @@ class FaultRecord:
         """The issue's availability target for this fault, if it has one."""
         kind = self.kind
         if kind in ("partition-majority", "loss", "partition-one-way", "partition-flap"):
+            return None
+        if kind == "split-brain":
             return None
         if kind in ("slow-link", "clock-jump"):
             return None
@@ -378,6 +393,8 @@ class Nemesis:
         elif kind == "partition-one-way":
             await self._isolate([node], both_ways=False)
             record.notes.append(f"{target} hears nobody; its packets still go out")
+        elif kind == "split-brain":
+            await self._split_brain(record, node, h.nodes[planned.params["learner"]])
         elif kind in ("kill", "kill-leader"):
             await self._sh(h.kill, node)
         elif kind in ("pause", "pause-leader"):
@@ -396,6 +413,53 @@ class Nemesis:
             record.notes.append(f"filled {target}'s tmpfs with {written} bytes")
         else:
             raise ValueError(kind)
+
+    async def _split_brain(self, record: FaultRecord, old: Node, mine: Node) -> None:
+        """Cut {old, mine} from {the other proposers, the other learners}, both
+        ways, with TCP resets (a call across fails at once, so each learner
+        settles on the proposer of its own half quickly); everyone keeps the
+        acceptors. Then pause ``old`` until another proposer says it leads
+        (with pre-vote nobody takes over while ``old`` keeps getting values
+        accepted), and continue it: it still believes it leads.
+
+        Correct acceptors reject ``old``'s next Accept (the new leader's
+        promise is higher) and it steps down; acceptors that ignore their
+        promises (``--broken-acceptor promise-lower``) let both halves choose
+        values for the same instances."""
+        h = self.harness
+        half = [old, mine]
+        rest = [n for n in h.nodes.values() if n.role != "acceptor" and n not in half]
+        rules: dict[str, list[str]] = {n.name: [] for n in (*half, *rest)}
+        for a in half:
+            for b in rest:
+                if a.role == "learner" and b.role == "learner":
+                    continue  # learners never talk to each other
+                for here, there in ((a, b), (b, a)):
+                    rules[here.name] += [
+                        f"-A INPUT -s {there.ip} -p tcp -j REJECT --reject-with tcp-reset",
+                        f"-A INPUT -s {there.ip} -j DROP",
+                    ]
+        record.targets = [old.name, *(n for n in rules if n != old.name)]
+        await asyncio.gather(
+            *(self._sh(h.add_rules, h.nodes[name], lines) for name, lines in rules.items())
+        )
+        await self._sh(h.pause, old)
+        paused = self.clock()
+        new: str | None = None
+        while self.clock() - paused < SPLIT_BRAIN_TAKEOVER:
+            new = await leader_of(h)
+            if new is not None and new != old.name:
+                break
+            await asyncio.sleep(0.1)
+        await self._sh(h.resume, old)
+        waited = self.clock() - paused
+        if new is not None and new != old.name:
+            record.notes.append(
+                f"{old.name} (with {mine.name}) paused until {new} led, {waited:.2f} s; "
+                "then continued"
+            )
+        else:
+            record.notes.append(f"nobody took over from {old.name} in {waited:.2f} s")
 
     async def _isolate(self, side: Sequence[Node], *, both_ways: bool) -> None:
         """Rules in each node of ``side``: drop what comes from every node not
@@ -425,8 +489,10 @@ class Nemesis:
         h = self.harness
         kind = record.kind
         nodes = [h.nodes[n] for n in record.targets]
-        if kind.startswith("partition") or kind == "loss":
+        if kind.startswith("partition") or kind in ("loss", "split-brain"):
             await asyncio.gather(*(self._sh(h.flush_rules, node) for node in nodes))
+            if kind == "split-brain":
+                await self._sh(h.resume, nodes[0])
         elif kind in ("kill", "kill-leader"):
             for node in nodes:
                 if not node.alive():

@@ -219,6 +219,13 @@ def format_table(summary: Mapping[str, Any]) -> str:
             f"  {row['index']:<4} {row['kind']:<20} {who[:26]:<26} {row['gap_during']:>6.2f}"
             f"  {row['gap_after_heal']:>10.2f}  {goal}"
         )
+    broken = summary.get("broken_acceptor")
+    if broken:
+        lines += [
+            "",
+            f"TEST ONLY: {', '.join(broken['acceptors'])} ran deliberately broken "
+            f"({broken['mode']}): this run should find a violation",
+        ]
     lines += ["", "checks"]
     for check in summary["checks"]:
         lines.append(f"  {check['name']:<13} {check['status'].upper():<12} {check['detail']}")

@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from paxos_service.broken_acceptor import ENV_VAR as BROKEN_ACCEPTOR_ENV
 from paxos_service.chaos import checkers, report, timeline
 from paxos_service.chaos.harness import (
     Harness,
@@ -69,6 +70,10 @@ class RunConfig:
     #: The exact command that replays this run (printed and saved).
     replay: str = ""
     progress: bool = True
+    #: Test only: a broken-acceptor mode (paxos_service/broken_acceptor.py) for
+    #: the first ``broken_acceptors`` acceptors (None: all). Such a run should fail.
+    broken_acceptor: str | None = None
+    broken_acceptors: int | None = None
 
 
 @dataclass
@@ -92,10 +97,23 @@ def run_chaos(config: RunConfig) -> Outcome:
     if leftovers:
         notes.append(f"removed what a dead earlier run left behind: {', '.join(leftovers)}")
     config.out.mkdir(parents=True, exist_ok=True)
-    harness = Harness(config.out, fake_clocks=any(k in CLOCK_KINDS for k in config.kinds))
+    harness = Harness(
+        config.out,
+        fake_clocks=any(k in CLOCK_KINDS for k in config.kinds),
+        broken_acceptor=config.broken_acceptor,
+        broken_acceptors=config.broken_acceptors,
+    )
     harness.plan()
+    broken = sorted(n.name for n in harness.nodes.values() if BROKEN_ACCEPTOR_ENV in n.env)
+    if broken:
+        notes.append(
+            f"TEST ONLY: {', '.join(broken)} ran deliberately broken "
+            f"({BROKEN_ACCEPTOR_ENV}={config.broken_acceptor}): a violation is expected"
+        )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     say = _progress(config.progress)
+    if broken:
+        say(f"WARNING: {notes[-1]}")
     try:
         say(f"building {len(harness.nodes)} namespaces ({harness.prefix}-*) and starting nodes")
         harness.create()
@@ -108,7 +126,7 @@ def run_chaos(config: RunConfig) -> Outcome:
         finally:
             signal.signal(signal.SIGTERM, previous)
     say("cluster torn down; checking")
-    return _judge_and_report(config, collected, notes, say)
+    return _judge_and_report(config, collected, notes, say, broken)
 
 
 def _progress(enabled: bool) -> Any:
@@ -348,7 +366,9 @@ def _log_tails(harness: Harness, lines: int = 15) -> str:
     return "\n".join(out)
 
 
-def _judge_and_report(config: RunConfig, c: _Collected, notes: list[str], say: Any) -> Outcome:
+def _judge_and_report(
+    config: RunConfig, c: _Collected, notes: list[str], say: Any, broken: Sequence[str] = ()
+) -> Outcome:
     history = c.workload.history
     obs = checkers.Observations(
         history=history,
@@ -374,6 +394,8 @@ def _judge_and_report(config: RunConfig, c: _Collected, notes: list[str], say: A
         gaps=gaps,
         notes=notes,
     )
+    if broken:
+        summary["broken_acceptor"] = {"mode": config.broken_acceptor, "acceptors": list(broken)}
     out = config.out
     files = {
         "history": str(out / "history.jsonl"),

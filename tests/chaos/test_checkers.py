@@ -231,6 +231,12 @@ def test_the_schedule_is_a_function_of_the_seed() -> None:
     assert {f.kind for f in a[: len(FAULT_KINDS)]} == set(FAULT_KINDS)
     for f in a:
         assert f.end + f.heal_duration <= 300
+    # Each kind's parameters are planned with it.
+    for f in a:
+        if f.kind == "slow-link":
+            assert f.params["rate_kbit"] in (64, 128, 256, 512)
+        if f.kind == "split-brain":
+            assert f.target == "leader" and f.params["learner"] in ("learner-0", "learner-1")
     majority = [f for f in a if f.kind == "partition-majority"]
     for f in majority:  # the minority never holds more than one acceptor
         assert sum(n.startswith("acceptor-") for n in f.params["minority"]) == 1
@@ -240,7 +246,7 @@ def test_the_short_runs_schedule_is_what_its_test_says() -> None:
     from tests.chaos.test_chaos_short import DURATION, SEED
 
     planned = plan_schedule(SEED, float(DURATION.rstrip("s")), NODES)
-    assert [f.kind for f in planned] == ["partition-one-way", "fsync", "kill-leader"]
+    assert [f.kind for f in planned] == ["split-brain", "fsync", "pause-leader"]
 
 
 def test_availability_gaps() -> None:

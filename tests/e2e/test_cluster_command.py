@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,12 @@ class RunningCluster:
 
 
 def _base_port(count: int) -> int:
-    """A base port with ``count`` free ports above it (checked, then used at once)."""
+    """A base port with ``count`` free ports above it, and ``count`` from
+    base + 100 for the nodes' metrics (checked, then used at once)."""
     for _ in range(50):
         base = free_port()
-        if base + count < 65535 and all(_is_free(base + k) for k in range(count)):
+        ports = [base + k for k in range(count)] + [base + 100 + k for k in range(count)]
+        if base + 100 + count < 65535 and all(_is_free(p) for p in ports):
             return base
     raise AssertionError("no free port range")
 
@@ -57,6 +60,15 @@ def _is_free(port: int) -> bool:
 
 @pytest.fixture
 def running_cluster(tmp_path: Path) -> Iterator[RunningCluster]:
+    yield from _run_cluster(tmp_path)
+
+
+@pytest.fixture
+def running_tls_cluster(tmp_path: Path) -> Iterator[RunningCluster]:
+    yield from _run_cluster(tmp_path, "--tls")
+
+
+def _run_cluster(tmp_path: Path, *options: str) -> Iterator[RunningCluster]:
     base = _base_port(6)
     env = clean_env() | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     process = subprocess.Popen(
@@ -69,6 +81,7 @@ def running_cluster(tmp_path: Path) -> Iterator[RunningCluster]:
             str(base),
             "--data-dir",
             str(tmp_path / "data"),
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -195,3 +208,56 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_tls_cluster_prints_commands_that_work_with_its_certificates(
+    running_tls_cluster: RunningCluster,
+) -> None:
+    """`paxos cluster --tls`: certificates under DATA_DIR/tls, every node
+    behind mutual TLS, and a banner whose grpcurl and CLI lines carry them."""
+    cluster = running_tls_cluster
+    tls_dir = cluster.workdir / "data" / "tls"
+    for bundle in ("ca", "peer", "client"):
+        assert {p.name for p in (tls_dir / bundle).iterdir()} == {"ca.crt", "tls.crt", "tls.key"}
+    commands = [line.strip() for line in cluster.banner if "grpcurl" in line]
+    assert len(commands) == 3
+    for command in commands:
+        assert "-plaintext" not in command
+        assert f"-cert {tls_dir / 'client' / 'tls.crt'}" in command, command
+    propose_cmd, read_cmd, kv_put_cmd = (c.replace(c.split()[0], str(GRPCURL), 1) for c in commands)
+    proposed = _run(propose_cmd)
+    assert proposed.returncode == 0, proposed.stderr
+    assert base64.b64decode(json.loads(proposed.stdout)["value"]) == b"hello"
+    read = _run(read_cmd)
+    assert read.returncode == 0 and json.loads(read.stdout)["decided"] is True, read.stderr
+    put = _run(kv_put_cmd)
+    assert put.returncode == 0, put.stderr
+
+    paxos = [sys.executable, "-m", "paxos_service"]
+    cli = [
+        line.strip()
+        for line in cluster.banner
+        if line.strip().startswith(("paxos propose", "paxos get", "paxos kv"))
+    ]
+    assert len(cli) == 4 and all("--tls-cert" in line for line in cli), cli
+    got = _run(paxos + shlex.split(cli[1])[1:])
+    assert (got.returncode, got.stdout.strip()) == (0, "hello"), got.stderr
+    kv_get = _run(paxos + shlex.split(cli[3])[1:])
+    assert (kv_get.returncode, kv_get.stdout.strip()) == (0, "hello"), kv_get.stderr
+
+    # Plaintext gets nowhere, and the CLI says why in one line.
+    acceptor = next(r[2] for r in cluster.rows if r[0] == "acceptor")
+    listed = _run([str(GRPCURL), "-plaintext", acceptor, "list"])
+    assert listed.returncode != 0
+    learner = next(r[2] for r in cluster.rows if r[0] == "learner")
+    plain = _run([*paxos, "get", "--learner", learner, "1"])
+    assert plain.returncode == 1 and "requires TLS" in plain.stderr, plain.stderr
+    assert "Traceback" not in plain.stderr
+
+    # Each node serves metrics on the address in the METRICS column.
+    header = next(line for line in cluster.banner if line.startswith("ROLE"))
+    assert "METRICS" in header.split()
+    row = next(line for line in cluster.banner if line.startswith("acceptor"))
+    metrics = row.split()[4]
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+        assert response.status == 200

@@ -144,7 +144,7 @@ def test_cli_reports_unreachable_servers_without_traceback() -> None:
 
 def test_second_server_on_a_busy_port_fails_loudly(running: Cluster, tmp_path: object) -> None:
     busy = running.acceptor_addresses[0]
-    result = _cli("learner", "--id", "5", "--listen", busy, "--acceptors", busy)
+    result = _cli("learner", "--id", "5", "--listen", busy, "--acceptors", busy, "--insecure")
     assert result.returncode == 1
     assert "cannot listen on" in result.stderr
     assert "Traceback" not in result.stderr

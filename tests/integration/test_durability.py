@@ -36,6 +36,7 @@ def _start_acceptor_expecting_refusal(db: Path, acceptor_id: int = 0) -> str:
             str(acceptor_id),
             "--listen",
             "127.0.0.1:0",
+            "--insecure",
             "--db",
             str(db),
         ],

@@ -18,7 +18,7 @@ import pytest
 from paxos_service.linearizability import Operation, check_history
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
-from tests.support.processes import Cluster, KvCluster, start_kv_cluster
+from tests.support.processes import Cluster, KvCluster, free_port, start_kv_cluster
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 
@@ -234,3 +234,68 @@ async def test_restarted_learner_catches_up_and_agrees(kv: KvCluster) -> None:
     finally:
         await client.close()
     assert "caught up from acceptors" in restarted.log()
+
+
+async def _get_leader(address: str) -> pb.GetLeaderResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply: pb.GetLeaderResponse = await pb_grpc.ProposerServiceStub(channel).GetLeader(
+            pb.GetLeaderRequest(), timeout=2
+        )
+        return reply
+
+
+async def test_a_proposer_that_never_hears_the_leader_does_not_depose_it(
+    kv: KvCluster, tmp_path: Path
+) -> None:
+    """Pre-vote on real processes. A fourth proposer is missing from the
+    others' --proposers lists, so no heartbeat ever reaches it: the shape of a
+    one-way partition, or of a proposer cut off and healed. Its election timer
+    fires every 0.3-0.6 s. Without pre-vote each firing raised its round and
+    its PrepareRange deposed the leader; with it, the acceptors report the
+    leader's recent Accepts and it never campaigns while writes flow."""
+    leader = kv.leader()
+    before = await _get_leader(leader.address)
+    listed = ",".join([*(n.address for n in kv.proposers), f"127.0.0.1:{free_port()}"])
+    rogue_address = listed.rsplit(",", 1)[1]
+    rogue = kv.cluster.node(
+        "proposer",
+        len(kv.proposers),
+        "--acceptors",
+        ",".join(kv.cluster.acceptor_addresses),
+        "--proposers",
+        listed,
+        port=int(rogue_address.rsplit(":", 1)[1]),
+    )
+    client = Client(kv.learner_addresses)
+    stop = asyncio.Event()
+    acked = [0]
+    target = [20]
+    reached = asyncio.Event()
+
+    async def writer() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            await client.call("Put", pb.PutRequest(key=f"prevote/{i % 5}", value=b"v"))
+            acked[0] += 1
+            if acked[0] >= target[0]:
+                reached.set()
+
+    writers = [asyncio.create_task(writer()) for _ in range(2)]
+    try:
+        await asyncio.wait_for(reached.wait(), 30)
+        rogue.start().wait_healthy()
+        # About ten election timeouts' worth of writes while the rogue is up.
+        reached.clear()
+        target[0] = acked[0] + 200
+        await asyncio.wait_for(reached.wait(), 60)
+        rogue_log = rogue.log()
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+        await client.close()
+    after = await _get_leader(leader.address)
+    assert after.is_leader, f"the leader was deposed; the rogue proposer's log:\n{rogue_log}"
+    assert after.ballot == before.ballot
+    assert not (await _get_leader(rogue.address)).is_leader
+    assert "became leader" not in rogue_log

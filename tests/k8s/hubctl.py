@@ -5,13 +5,19 @@ socket I/O on its own threads, so the only way to make its calls from another
 network namespace is a process that lives there.
 
     probe [--wait SECONDS] TARGET...    TARGET is NAME=IP:PORT/SERVICE@TIMEOUT
-    prepare ADDRESS INSTANCE ROUND PROPOSER_ID
+    prepare --tls DIR --server-name NAME ADDRESS INSTANCE ROUND PROPOSER_ID
 
 `probe` does what the kubelet's gRPC probe does: a plaintext
 grpc.health.v1.Health/Check to the pod IP and the probe's numeric port, with
 the probe's service name and timeoutSeconds; only SERVING is a success. With
 --wait it repeats until every target succeeds or the deadline passes. It prints
 one JSON object {name: status} and exits 0 only if every target is SERVING.
+The pods serve those probes on a plaintext health-only port (the kubelet's
+gRPC probes cannot do TLS); everything else is mutual TLS.
+
+`prepare` is a peer's phase-1a Prepare to a pod IP, over mutual TLS with the
+peer certificate in DIR (ca.crt, tls.crt, tls.key); NAME is the pod's DNS
+name, which its certificate lists (no certificate lists a pod IP).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -69,11 +76,15 @@ def probe(targets: list[Target], wait: float) -> int:
     return 0 if done else 1
 
 
-def prepare(address: str, instance: int, round_: int, proposer_id: int) -> int:
+def prepare(
+    address: str, instance: int, round_: int, proposer_id: int, tls_dir: Path, server_name: str
+) -> int:
     """Send one phase-1a Prepare and print what came back: {"promise": ...},
     {"reject": ...} or {"error": CODE}."""
     from google.protobuf import json_format
 
+    from paxos_service import tls
+    from paxos_service.config import TlsFiles
     from paxos_service.v1 import paxos_pb2, paxos_pb2_grpc
 
     request = paxos_pb2.PrepareRequest(
@@ -82,7 +93,9 @@ def prepare(address: str, instance: int, round_: int, proposer_id: int) -> int:
             ballot=paxos_pb2.Ballot(round=round_, proposer_id=proposer_id),
         )
     )
-    with grpc.insecure_channel(address) as channel:
+    files = TlsFiles(tls_dir / "ca.crt", tls_dir / "tls.crt", tls_dir / "tls.key")
+    options = [("grpc.ssl_target_name_override", server_name)]
+    with tls.sync_channel(address, files, options) as channel:
         try:
             reply = paxos_pb2_grpc.AcceptorServiceStub(channel).Prepare(request, timeout=5)
         except grpc.RpcError as exc:
@@ -100,6 +113,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--wait", type=float, default=0.0)
     p.add_argument("targets", nargs="+", type=Target.parse)
     q = sub.add_parser("prepare")
+    q.add_argument("--tls", type=Path, required=True)
+    q.add_argument("--server-name", required=True)
     q.add_argument("address")
     q.add_argument("instance", type=int)
     q.add_argument("round", type=int)
@@ -107,7 +122,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "probe":
         return probe(args.targets, args.wait)
-    return prepare(args.address, args.instance, args.round, args.proposer_id)
+    return prepare(
+        args.address, args.instance, args.round, args.proposer_id, args.tls, args.server_name
+    )
 
 
 if __name__ == "__main__":

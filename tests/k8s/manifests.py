@@ -47,6 +47,10 @@ LIVENESS_SERVICE = "liveness"
 KV_SERVICE = "paxos_service.v1.KvService"
 #: The server's default for PAXOS_SHUTDOWN_GRACE, in seconds.
 DEFAULT_SHUTDOWN_GRACE = 5.0
+#: The Secret with every node's (peer) certificate, in cert-manager's layout.
+PEER_TLS_SECRET = "paxos-peer-tls"
+#: The file names of a cert-manager (kubernetes.io/tls) Secret.
+TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
 
 
 class ManifestError(AssertionError):
@@ -215,6 +219,20 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
         f"{service}.{namespace}",
         service,
     ]
+
+
+def dns_names(m: Manifests) -> list[str]:
+    """Every name cluster DNS answers for these manifests' pods and Services:
+    what a certificate valid for any name a peer or client may dial lists."""
+    names: list[str] = []
+    for sts in m.statefulsets:
+        subdomain = str(sts["spec"]["serviceName"])
+        for ordinal in range(replicas(sts)):
+            pod = f"{sts['metadata']['name']}-{ordinal}"
+            names += pod_dns_names(pod, subdomain, namespace_of(sts))
+    for svc in m.services:
+        names += service_dns_names(svc["metadata"]["name"], namespace_of(svc))
+    return list(dict.fromkeys(names))
 
 
 def container_port(container: Obj, target: int | str) -> int:

@@ -26,6 +26,12 @@ wiring. What each piece plays:
   emptyDir is a fresh one per start. A mountPath the host lacks (such as
   /var/lib/paxos, which the image creates) is made on a throwaway overlay of
   its parent, so the host's filesystem is never changed.
+- A Secret volume is the kubelet's projection of a Secret the test provides
+  as a directory of files (`Cluster.secrets`, by Secret name): a fresh copy
+  per start, owned by root, with the volume's defaultMode (0644 unless set),
+  and, with fsGroup, group fsGroup and group-readable, as the kubelet does;
+  mounted read-only. A Secret nobody provided stops the pod, as a missing one
+  leaves it in ContainerCreating.
 - `kubectl exec` is `nsenter` into the pod's network and mount namespaces,
   with the container's env, user and privileges (Cluster.exec).
 - securityContext is applied: readOnlyRootFilesystem remounts / read-only in
@@ -35,8 +41,9 @@ wiring. What each piece plays:
   capabilities clears the bounding set. runAsNonRoot with uid 0 is refused.
 
 Not simulated: Service load balancing (a Service name is one pod's IP, so its
-port must equal the target port), CPU and memory limits, and the probes'
-periods (we poll faster, to keep the suite quick).
+port must equal the target port), CPU and memory limits, the probes'
+periods (we poll faster, to keep the suite quick), and Secret updates on a
+running pod.
 """
 
 from __future__ import annotations
@@ -166,6 +173,11 @@ class Cluster:
     _etc_dirs: list[Path] = field(default_factory=list)
     _stash_dirs: list[Path] = field(default_factory=list)
     hosts: list[tuple[str, str]] = field(default_factory=list)
+    #: Secrets that exist in the namespace: name -> a directory of its files.
+    secrets: Mapping[str, Path] = field(default_factory=dict)
+    #: The files a client outside the pods uses for TLS (ca.crt, tls.crt,
+    #: tls.key), e.g. `paxos certs`'s client directory.
+    client_tls: Path | None = None
 
     # -- building the network ------------------------------------------------
 
@@ -334,10 +346,46 @@ class Cluster:
                 if fs_group is not None:
                     os.chown(source, 0, int(fs_group))
                     os.chmod(source, 0o2777)
+            elif name in volumes and "secret" in volumes[name]:
+                source = self._project_secret(pod, name, volumes[name]["secret"], fs_group)
+                # The kubelet mounts Secret volumes read-only, whatever the mount says.
+                mounts.append(Mount(source, vm["mountPath"], True))
+                continue
             else:
-                raise SimError(f"{pod.name}: volume {name!r} is neither a claim nor an emptyDir")
+                raise SimError(
+                    f"{pod.name}: volume {name!r} is neither a claim, an emptyDir nor a Secret"
+                )
             mounts.append(Mount(source, vm["mountPath"], bool(vm.get("readOnly"))))
         return mounts
+
+    def _project_secret(self, pod: Pod, volume: str, spec: mf.Obj, fs_group: Any) -> Path:
+        """The files of Secret ``spec["secretName"]`` as the kubelet lays them
+        out for this start of the pod (see the module docstring)."""
+        name = spec["secretName"]
+        if spec.get("items"):
+            raise SimError(f"{pod.name}: the simulation does not support Secret items")
+        files = self.secrets.get(name)
+        if files is None and not spec.get("optional"):
+            raise mf.ManifestError(
+                f"{pod.name}: Secret {name!r} does not exist in {pod.namespace}; the kubelet "
+                "would leave the pod in ContainerCreating"
+            )
+        source = pod.home / "secrets" / f"{volume}-{pod.starts}"
+        source.mkdir(parents=True, exist_ok=True)
+        os.chmod(source, 0o755)
+        mode = int(spec.get("defaultMode", 0o644))
+        for path in sorted(files.iterdir()) if files is not None else []:
+            if not path.is_file():
+                continue
+            target = source / path.name
+            shutil.copyfile(path, target)
+            if fs_group is None:
+                os.chown(target, 0, 0)
+                os.chmod(target, mode)
+            else:
+                os.chown(target, 0, int(fs_group))
+                os.chmod(target, mode | 0o440)
+        return source
 
     def _ids(self, pod: Pod) -> tuple[int, int, list[int], mf.Obj]:
         pod_sc = pod.pod_spec.get("securityContext") or {}
@@ -391,8 +439,9 @@ class Cluster:
                     if str(directory) not in overlays and not directory.stat().st_mode & 0o001:
                         overlay(directory, extra_mode=0o005)
 
-        # mountPaths the host lacks (the image creates /var/lib/paxos) are
-        # made on an overlay of their nearest existing parent.
+        # mountPaths the host lacks (the image creates /var/lib/paxos; the
+        # container runtime creates /etc/paxos/tls for the Secret) are made
+        # on an overlay of their nearest existing parent.
         for m in mounts:
             if os.path.isdir(m.target):
                 continue
@@ -403,6 +452,15 @@ class Cluster:
                 raise SimError(f"{pod.name}: cannot create mountPath {m.target} under /")
             if str(parent) not in overlays:
                 overlay(parent)
+                if parent == Path("/etc"):
+                    # The overlay hides the files `ip netns exec` bound over
+                    # /etc (hosts, resolv.conf: the pod's DNS); bind them again.
+                    netns_etc = Path("/etc/netns") / pod.netns
+                    for f in sorted(netns_etc.iterdir()) if netns_etc.is_dir() else []:
+                        lines.append(
+                            f"mount --bind {shlex.quote(str(f))} "
+                            f"{shlex.quote(str(Path('/etc') / f.name))}"
+                        )
             lines.append(f"mkdir -p {shlex.quote(m.target)}")
 
         # The image stand-in (the checkout, the host's Python) must stay

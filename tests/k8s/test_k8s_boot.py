@@ -6,6 +6,11 @@ is and is not simulated). The tests then do what the kubelet and a client
 would: probe each pod, propose through the proposers' client Service, read
 back through the learners' client Service, and use the key-value store
 through that Service with the real grpcurl, as k8s/README.md shows.
+
+Every pod serves with mutual TLS, from the Secret the manifests mount (made
+with `paxos certs`, see conftest.make_certificates); the client in these
+tests presents the client certificate, and the kubelet's probes go to the
+plaintext health-only port.
 """
 
 from __future__ import annotations
@@ -26,12 +31,27 @@ from . import netsim
 BOOT_WAIT = 30.0
 
 
+def tls_flags(cluster: netsim.Cluster) -> list[str]:
+    """`paxos` client flags for the client certificate."""
+    assert cluster.client_tls is not None
+    ca, cert, key = (str(cluster.client_tls / name) for name in mf.TLS_FILES)
+    return ["--tls-ca", ca, "--tls-cert", cert, "--tls-key", key]
+
+
+def grpcurl_tls(cluster: netsim.Cluster) -> list[str]:
+    """grpcurl's flags for the client certificate (instead of -plaintext)."""
+    assert cluster.client_tls is not None
+    ca, cert, key = (str(cluster.client_tls / name) for name in mf.TLS_FILES)
+    return ["-cacert", ca, "-cert", cert, "-key", key]
+
+
 def propose(cluster: netsim.Cluster, instance: int, value: str) -> str:
     svc, port = mf.client_service(cluster.manifests, "proposer")
     proc = cluster.client(
         [
             "paxos",
             "propose",
+            *tls_flags(cluster),
             "--proposer",
             f"{svc['metadata']['name']}:{port}",
             str(instance),
@@ -45,7 +65,14 @@ def propose(cluster: netsim.Cluster, instance: int, value: str) -> str:
 def get(cluster: netsim.Cluster, instance: int) -> str:
     svc, port = mf.client_service(cluster.manifests, "learner")
     proc = cluster.client(
-        ["paxos", "get", "--learner", f"{svc['metadata']['name']}:{port}", str(instance)]
+        [
+            "paxos",
+            "get",
+            *tls_flags(cluster),
+            "--learner",
+            f"{svc['metadata']['name']}:{port}",
+            str(instance),
+        ]
     )
     assert proc.returncode == 0, f"get failed: {proc.stderr}\n{cluster.logs()}"
     return proc.stdout.strip()
@@ -59,7 +86,13 @@ def grpcurl(
     Service/Method; the reply is grpcurl's JSON (bytes as base64, uint64 as
     strings)."""
     proc = cluster.client(
-        ["grpcurl", "-plaintext", "-max-time", "20", "-d", json.dumps(request), address, method],
+        [
+            "grpcurl",
+            *grpcurl_tls(cluster),
+            *("-max-time", "20", "-d", json.dumps(request)),
+            address,
+            method,
+        ],
         timeout=40,
     )
     assert proc.returncode == 0, (
@@ -93,6 +126,26 @@ def grpc_port(pod: netsim.Pod) -> int:
     return mf.container_port(pod.container, "grpc")
 
 
+def health_port(pod: netsim.Pod) -> int:
+    return mf.container_port(pod.container, "health")
+
+
+def prepare(cluster: netsim.Cluster, pod: netsim.Pod, instance: int) -> dict[str, object]:
+    """A peer's Prepare (round 2**32, proposer 7) straight to the pod's IP,
+    over mutual TLS with the peer certificate: what a proposer sends,
+    whether the pod is ready or not."""
+    peer = cluster.secrets[mf.PEER_TLS_SECRET]
+    name = f"{pod.name}.{pod.sts['spec']['serviceName']}"
+    address = f"{pod.ip}:{grpc_port(pod)}"
+    ballot = [str(2**32), "7"]
+    reply = cluster.hub_run(
+        ["prepare", "--tls", str(peer), "--server-name", name, address, str(instance), *ballot]
+    )
+    answer: dict[str, object] = json.loads(reply.stdout or "{}")
+    assert answer, reply.stderr
+    return answer
+
+
 def db_on_its_volume(cluster: netsim.Cluster, pod: netsim.Pod) -> Path:
     """Where the pod's PAXOS_DB really is: the file on its PersistentVolume."""
     db = Path(cluster.env_of(pod)["PAXOS_DB"])
@@ -110,10 +163,10 @@ def check_key_value_store(cluster: netsim.Cluster) -> None:
 
     # Every learner serves the KV store and reports its health, and
     # reflection lists it (grpcurl needs that).
-    targets = [f"{p.name}/kv={p.ip}:{grpc_port(p)}/{mf.KV_SERVICE}@3" for p in learners]
+    targets = [f"{p.name}/kv={p.ip}:{health_port(p)}/{mf.KV_SERVICE}@3" for p in learners]
     health = cluster.hub_run(["probe", "--wait", "10", *targets])
     assert health.returncode == 0, health.stdout + health.stderr
-    listing = cluster.client(["grpcurl", "-plaintext", client, "list"])
+    listing = cluster.client(["grpcurl", *grpcurl_tls(cluster), client, "list"])
     assert mf.KV_SERVICE in listing.stdout.split(), listing.stdout + listing.stderr
 
     # Put through whichever learner the Service picks: the learner appends
@@ -180,11 +233,15 @@ def test_boot_probe_propose_and_read_back(
     # their client Services' names.
     assert propose(cluster, 1, "hello") == "hello"
     assert get(cluster, 1) == "hello"
+    # Without a client certificate, only the probes' health port answers.
+    plain = cluster.client(["paxos", "get", "--learner", learner_client(cluster), "1"])
+    assert plain.returncode == 1 and "requires TLS" in plain.stderr, plain.stderr
 
     # Reflection through the client Service, which k8s/README.md's grpcurl
     # commands rely on.
     svc, port = mf.client_service(cluster.manifests, "proposer")
-    listing = cluster.client(["grpcurl", "-plaintext", f"{svc['metadata']['name']}:{port}", "list"])
+    address = f"{svc['metadata']['name']}:{port}"
+    listing = cluster.client(["grpcurl", *grpcurl_tls(cluster), address, "list"])
     assert "paxos_service.v1.ProposerService" in listing.stdout.split(), listing.stderr
 
     # Each acceptor's database is on its own persistent volume.
@@ -256,13 +313,11 @@ def assert_refuses_to_vote(cluster: netsim.Cluster, pod: netsim.Pod) -> str:
     ready, status = cluster.probe([pod], kinds=["readinessProbe"], wait=3.0)
     if ready:
         raise AcceptorVotedWithoutItsState(f"{pod.name} is ready: {status}")
-    # ...and no promise to anyone who asks.
-    port = pod.container["readinessProbe"]["grpc"]["port"]
-    reply = cluster.hub_run(["prepare", f"{pod.ip}:{port}", "1", str(2**32), "7"])
-    answer = json.loads(reply.stdout or "{}")
+    # ...and no promise to any peer that asks.
+    answer = prepare(cluster, pod, 1)
     if "promise" in answer:
         raise AcceptorVotedWithoutItsState(f"{pod.name} promised: {answer}")
-    assert "error" in answer or "reject" in answer, reply.stdout + reply.stderr
+    assert answer.get("error") == "UNAVAILABLE" or "reject" in answer, answer
     return "alive, not ready, refuses Prepare"
 
 
@@ -331,9 +386,7 @@ def test_wiped_acceptor_refuses_to_vote_until_recovered(
 
     # It abstains where its lost self may have voted, and votes above: with
     # another acceptor down, a new instance needs it.
-    port = pod.container["readinessProbe"]["grpc"]["port"]
-    reply = cluster.hub_run(["prepare", f"{pod.ip}:{port}", "2", str(2**32), "7"])
-    assert json.loads(reply.stdout or "{}") == {"error": "UNAVAILABLE"}, reply.stdout
+    assert prepare(cluster, pod, 2) == {"error": "UNAVAILABLE"}
     other = cluster.pods["paxos-acceptor-1"]
     cluster.stop(other)
     assert propose(cluster, 3, "again") == "again"
@@ -346,9 +399,8 @@ def test_wiped_acceptor_refuses_to_vote_until_recovered(
     svc, port = mf.client_service(cluster.manifests, "learner")
     deadline = time.monotonic() + BOOT_WAIT
     while True:
-        read = cluster.client(
-            ["paxos", "get", "--learner", f"{svc['metadata']['name']}:{port}", "1"]
-        )
+        learner = f"{svc['metadata']['name']}:{port}"
+        read = cluster.client(["paxos", "get", *tls_flags(cluster), "--learner", learner, "1"])
         if read.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -12,8 +12,10 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 
 import pytest
+import yaml
 
 from . import manifests as mf
 
@@ -24,6 +26,7 @@ VALIDATE_VERSIONS = [
 ]
 ROLES = tuple(mf.READINESS_SERVICE)
 IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])")
+CERT_MANAGER_EXAMPLE = mf.K8S / "cert-manager" / "example.yaml"
 
 
 @pytest.fixture(params=list(mf.KUSTOMIZATIONS))
@@ -43,6 +46,10 @@ def env_of(m: mf.Manifests, sts: mf.Obj, ordinal: int = 0) -> dict[str, str]:
 
 def grpc_port(container: mf.Obj) -> int:
     return mf.container_port(container, "grpc")
+
+
+def health_port(container: mf.Obj) -> int:
+    return mf.container_port(container, "health")
 
 
 def pod_containers(m: mf.Manifests) -> Iterator[tuple[mf.Obj, mf.Obj]]:
@@ -231,7 +238,7 @@ def test_no_ip_literals_in_configuration(m: mf.Manifests) -> None:
     """Pod IPs change on every reschedule; peers must be DNS names."""
     for sts in m.statefulsets:
         for key, value in env_of(m, sts).items():
-            if key == "PAXOS_LISTEN":
+            if key.endswith("_LISTEN"):  # PAXOS_LISTEN, PAXOS_HEALTH_LISTEN, ...
                 host, _ = host_port(value)
                 assert host in ("0.0.0.0", "::"), f"listen on all interfaces, not {host}"
                 continue
@@ -246,11 +253,18 @@ def test_no_ip_literals_in_configuration(m: mf.Manifests) -> None:
 
 def test_servers_listen_on_the_probed_port(m: mf.Manifests) -> None:
     """The kubelet probes the pod IP, so the server must listen on all
-    interfaces and on the port the probes use."""
+    interfaces: gRPC (mutual TLS) on the `grpc` port, and health alone, in
+    plaintext, on the `health` port the probes use."""
     for sts in m.statefulsets:
-        host, port = host_port(env_of(m, sts)["PAXOS_LISTEN"])
-        assert host in ("0.0.0.0", "::")
-        assert port == grpc_port(mf.only_container(sts))
+        env, container = env_of(m, sts), mf.only_container(sts)
+        for key, port in (
+            ("PAXOS_LISTEN", grpc_port(container)),
+            ("PAXOS_HEALTH_LISTEN", health_port(container)),
+        ):
+            host, listen_port = host_port(env[key])
+            assert host in ("0.0.0.0", "::"), f"{sts['metadata']['name']} {key}"
+            assert listen_port == port, f"{sts['metadata']['name']} {key}"
+        assert health_port(container) != grpc_port(container)
 
 
 def test_acceptors_have_a_cluster_id(m: mf.Manifests) -> None:
@@ -267,9 +281,12 @@ def test_acceptors_have_a_cluster_id(m: mf.Manifests) -> None:
 
 
 def test_probes_are_numeric_grpc_with_distinct_services(m: mf.Manifests) -> None:
+    """gRPC probes, on the plaintext health-only port: the kubelet's gRPC
+    probe cannot do TLS (let alone present a client certificate), and an
+    exec probe would start a Python process every few seconds in each pod."""
     for sts, container in pod_containers(m):
         role = mf.role_of(sts)
-        port = grpc_port(container)
+        port = health_port(container)
         services = {}
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
             probe = container.get(kind)
@@ -421,3 +438,90 @@ def test_overlay_keeps_the_acceptor_membership(rendered: dict[str, mf.Manifests]
     example = mf.sts_of_role(rendered["example"], "acceptor")
     assert mf.replicas(base) == mf.replicas(example) == 3
     assert mf.namespace_of(example) != "default"
+
+
+# ---------------------------------------------------------------------------
+# TLS and metrics
+
+
+def test_every_server_uses_mutual_tls_from_a_secret(m: mf.Manifests) -> None:
+    """Issue 7: no plaintext between roles. Each server gets PAXOS_TLS_* (never
+    PAXOS_INSECURE), pointing at the files of a read-only Secret volume in
+    cert-manager's layout (ca.crt, tls.crt, tls.key), and the pod's user can
+    read the key: the Secret's mode gives the group read, and the pod's
+    fsGroup is that group (the kubelet makes the files root:fsGroup)."""
+    for sts, container in pod_containers(m):
+        name = sts["metadata"]["name"]
+        env = env_of(m, sts)
+        assert "PAXOS_INSECURE" not in env, name
+        files = [env["PAXOS_TLS_CA"], env["PAXOS_TLS_CERT"], env["PAXOS_TLS_KEY"]]
+        directories = {str(PurePosixPath(f).parent) for f in files}
+        assert len(directories) == 1, f"{name}: TLS files in {directories}"
+        assert [PurePosixPath(f).name for f in files] == list(mf.TLS_FILES), name
+        (mount,) = [vm for vm in container["volumeMounts"] if vm["mountPath"] in directories]
+        assert mount.get("readOnly") is True, name
+        pod = sts["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        secret = volume["secret"]
+        assert secret["secretName"] == mf.PEER_TLS_SECRET, name
+        assert not secret.get("optional"), f"{name}: a missing Secret must stop the pod"
+        mode = int(secret.get("defaultMode", 0o644))
+        assert mode & 0o040 and not mode & 0o007, f"{name}: key mode {mode:o}"
+        assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsGroup"]
+
+
+def test_metrics_are_served_and_announced(m: mf.Manifests) -> None:
+    """Every pod serves Prometheus metrics on its `metrics` port and says so
+    in the conventional prometheus.io annotations."""
+    for sts, container in pod_containers(m):
+        name = sts["metadata"]["name"]
+        port = mf.container_port(container, "metrics")
+        host, listen_port = host_port(env_of(m, sts)["PAXOS_METRICS_LISTEN"])
+        assert (host, listen_port) == ("0.0.0.0", port), name
+        annotations = sts["spec"]["template"]["metadata"].get("annotations") or {}
+        assert annotations.get("prometheus.io/scrape") == "true", name
+        assert annotations.get("prometheus.io/port") == str(port), name
+        assert annotations.get("prometheus.io/path") == "/metrics", name
+
+
+def _cert_manager_objects() -> list[mf.Obj]:
+    return [d for d in yaml.safe_load_all(CERT_MANAGER_EXAMPLE.read_text()) if d]
+
+
+def test_cert_manager_example_matches_the_example_overlay(
+    rendered: dict[str, mf.Manifests],
+) -> None:
+    """k8s/cert-manager/example.yaml issues the Secret the example overlay
+    mounts, in its namespace, with the peer role, for every name a peer or a
+    client in the namespace dials (the short pod names in the peer lists,
+    which a wildcard cannot cover, and the client Services), plus a client
+    certificate."""
+    m = rendered["example"]
+    namespace = mf.namespace_of(mf.sts_of_role(m, "acceptor"))
+    objects = _cert_manager_objects()
+    assert all(o["metadata"].get("namespace") == namespace for o in objects)
+    certificates = {
+        o["spec"]["secretName"]: o["spec"] for o in objects if o["kind"] == "Certificate"
+    }
+    peer = certificates[mf.PEER_TLS_SECRET]
+    assert peer["subject"]["organizationalUnits"] == ["peer"]
+    assert {"server auth", "client auth"} <= set(peer["usages"])
+    env = {}
+    for sts in m.statefulsets:
+        env.update(env_of(m, sts))
+    dialled = {
+        host_port(entry)[0]
+        for key in ("PAXOS_ACCEPTORS", "PAXOS_PROPOSERS", "PAXOS_LEARNERS")
+        for entry in env[key].split(",")
+    }
+    dialled |= {
+        mf.client_service(m, role)[0]["metadata"]["name"] for role in ("proposer", "learner")
+    }
+    missing = dialled - set(peer["dnsNames"])
+    assert not missing, f"the peer certificate does not name {sorted(missing)}"
+    clients = [
+        c for c in certificates.values() if c["subject"].get("organizationalUnits") == ["client"]
+    ]
+    assert len(clients) == 1 and "server auth" not in clients[0]["usages"]
+    issuers = {o["metadata"]["name"] for o in objects if o["kind"] == "Issuer"}
+    assert all(c["issuerRef"]["name"] in issuers for c in certificates.values())

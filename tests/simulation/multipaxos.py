@@ -55,6 +55,7 @@ from roles import (
     AcceptorState,
     AcceptorStep,
     AnswerHeartbeat,
+    AskLeaderContact,
     Assigned,
     Ballot,
     BecameLeader,
@@ -152,6 +153,7 @@ def random_leader_config(rng: random.Random) -> LeaderConfig:
         window=rng.choice((1, 4, 16)),
         max_batch=rng.choice((1, 4, 64)),
         max_retransmits=rng.choice((1, 3, 10)),
+        pre_vote=rng.random() < 0.75,
     )
 
 
@@ -216,6 +218,21 @@ class HeartbeatAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class ContactQuery:
+    """Pre-vote: who last had a value accepted here, and when?"""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContactAnswer:
+    acceptor_id: int
+    seq: int
+    leader_id: int | None
+    seconds_since: float
+
+
+@dataclass(frozen=True, slots=True)
 class LearnedRange:
     first: int
     last: int
@@ -230,6 +247,8 @@ Message = (
     | Decide
     | Heartbeat
     | HeartbeatAnswer
+    | ContactQuery
+    | ContactAnswer
     | Submit
     | ClientReply
     | LearnedRange
@@ -352,6 +371,14 @@ class AcceptorNode:
         self.range = RangePromise()
         self.up = True
         self.epoch = 0
+        #: (proposer id, time) of the last Accept this acceptor accepted; memory only.
+        self.last_contact: tuple[int, float] | None = None
+
+    def contact(self, seq: int, now: float) -> ContactAnswer:
+        aid = self.acceptor.acceptor_id
+        if self.last_contact is None:
+            return ContactAnswer(aid, seq, None, 0.0)
+        return ContactAnswer(aid, seq, self.last_contact[0], now - self.last_contact[1])
 
     def step(self, msg: PrepareRange | Accept) -> PromiseRange | Accepted | Reject:
         if isinstance(msg, PrepareRange):
@@ -370,6 +397,7 @@ class AcceptorNode:
 
     def crash(self) -> None:
         self.up = False
+        self.last_contact = None
         self.epoch += 1
         self.states = {}
         self.range = RangePromise()
@@ -910,6 +938,10 @@ class MultiPaxosSimulation:
         if not node.up:
             self._log(f"lost: acceptor {aid} is down {msg}")
             return
+        me: Address = ("acceptor", aid)
+        if isinstance(msg, ContactQuery):
+            self._send(me, event.src, node.contact(msg.seq, self.now), dst_epoch=event.src_epoch)
+            return
         assert isinstance(msg, PrepareRange | Accept), msg
         try:
             reply = node.step(msg)
@@ -917,8 +949,8 @@ class MultiPaxosSimulation:
             self.protocol_errors.append(f"acceptor {aid} on {msg}: {error}")
             return
         self._log(f"acceptor {aid} on {msg} -> {reply}")
-        me: Address = ("acceptor", aid)
         if isinstance(reply, Accepted):
+            node.last_contact = (reply.ballot.proposer_id, self.now)
             self.votes.append(reply)
             for learner in self.learners:
                 self._send(me, ("learner", learner.learner_id), reply)
@@ -940,6 +972,8 @@ class MultiPaxosSimulation:
                     return leader.on_heartbeat(msg, self.now)
                 case HeartbeatAnswer(from_id, highest):
                     return leader.on_heartbeat_reply(from_id, highest, self.now)
+                case ContactAnswer(aid, seq, leader_id, since):
+                    return leader.on_leader_contact(aid, seq, leader_id, since, self.now)
                 case LearnedRange(first, last):
                     effects: list[LeaderEffect] = []
                     for instance in range(first, last + 1):
@@ -1042,6 +1076,10 @@ class MultiPaxosSimulation:
                         self._send(me, ("acceptor", aid), message)
                     if to is not None:
                         self.stats["retransmissions"] += 1
+                case AskLeaderContact(seq):
+                    for aid in sorted(self.acceptor_ids):
+                        self._send(me, ("acceptor", aid), ContactQuery(seq))
+                    self.stats["pre_votes"] += 1
                 case SendHeartbeat(heartbeat):
                     for pid in sorted(self.proposer_ids - {node.proposer_id}):
                         self._send(me, ("proposer", pid), heartbeat)

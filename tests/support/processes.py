@@ -66,6 +66,8 @@ class Node:
     argv: list[str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    #: HOST:PORT of its Prometheus /metrics, when the cluster has ``metrics=True``.
+    metrics_address: str | None = None
 
     @property
     def pid(self) -> int:
@@ -124,9 +126,13 @@ class Cluster:
     workdir: Path
     nodes: list[Node] = field(default_factory=list)
     acceptor_addresses: list[str] = field(default_factory=list)
+    #: Give every node ``--metrics-listen`` on a free port (``Node.metrics_address``).
+    metrics: bool = False
 
     def node(self, role: str, node_id: int, *args: str, port: int | None = None) -> Node:
         address = f"127.0.0.1:{port or free_port()}"
+        metrics_address = f"127.0.0.1:{free_port()}" if self.metrics else None
+        metrics_args = ["--metrics-listen", metrics_address] if metrics_address else []
         argv = [
             sys.executable,
             "-m",
@@ -136,10 +142,12 @@ class Cluster:
             str(node_id),
             "--listen",
             address,
+            "--insecure",
             *args,
+            *metrics_args,
         ]
         log_path = self.workdir / f"{role}-{node_id}-{len(self.nodes)}.log"
-        node = Node(role, node_id, address, argv, log_path)
+        node = Node(role, node_id, address, argv, log_path, metrics_address=metrics_address)
         self.nodes.append(node)
         return node
 

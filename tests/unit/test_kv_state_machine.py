@@ -985,3 +985,30 @@ def test_the_state_machine_behaves_like_the_model(steps: list[tuple[str, Any]]) 
                 assert copy.snapshot() == sm.snapshot()
         finally:
             sm.close()
+
+
+def test_entries_applied_together_equal_entries_applied_one_by_one(tmp_path: Path) -> None:
+    """``apply_entries`` (one transaction for a run of entries, as a learner
+    applies what is ready) gives every entry exactly the results, events and
+    exactly-once memory it gets alone, and leaves the same file."""
+    entries = [
+        entry(put("a", b"1", client=7, seq=1), put("b", b"1")),
+        pb.LogEntry(noop=True),
+        entry(put("a", b"1", client=7, seq=1), cas_version("a", 1, b"2", client=7, seq=2)),
+        entry(delete("b"), range_(""), get("a", client=8, seq=1)),
+        entry(put("b", b"3"), cas_value("a", b"2", b"4"), delete("zz")),
+    ]
+    with (
+        KvStateMachine.open(tmp_path / "one.db") as one,
+        KvStateMachine.open(tmp_path / "all.db") as together,
+    ):
+        alone = [one.apply_entry(i, e) for i, e in enumerate(entries, start=1)]
+        assert together.apply_entries(1, entries) == alone
+        assert dump(together) == dump(one)
+        assert together.applied_instance == one.applied_instance == len(entries)
+        assert together.outcome(7, 2) == one.outcome(7, 2) is not None
+        with pytest.raises(EntryOutOfOrder):
+            together.apply_entries(len(entries) + 2, [entry(put("x", b""))])
+        assert together.apply_entries(len(entries) + 1, []) == []
+    with KvStateMachine.open(tmp_path / "all.db") as reopened:
+        assert reopened.applied_instance == len(entries)

@@ -1,0 +1,172 @@
+"""A deliberately broken acceptor makes the chaos run fail: the checkers can
+catch a real unsafe cluster, not only fabricated observations
+(test_checkers.py does those).
+
+The broken acceptor (paxos_service/broken_acceptor.py) ignores its promises:
+it promises and accepts ballots below the one it promised. It is switched on
+only by the test-only environment variable PAXOS_TEST_BROKEN_ACCEPTOR, which
+``--broken-acceptor promise-lower`` sets for the acceptors.
+
+The real run is exactly the CI-sized run of test_chaos_short.py (which passes
+with correct acceptors), plus the flag. Its first fault is a split brain: the
+leader and one learner are cut off from the other proposers and learner, both
+halves still reach every acceptor, and the leader is paused until another
+proposer leads, then continued. Correct acceptors reject the old leader's next
+Accept; the broken ones let both leaders get values chosen for the same
+instances, each learner applies its own leader's, and acknowledged writes go
+missing on the other side. The run must exit 1 and its report must name the
+violated checks (agreement, linearizable).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from paxos_service import broken_acceptor
+from paxos_service.chaos import cli
+from paxos_service.chaos.harness import Harness
+from paxos_service.config import ConfigError
+from roles import (
+    Accept,
+    Accepted,
+    Acceptor,
+    AcceptorState,
+    Ballot,
+    Prepare,
+    PrepareRange,
+    Promise,
+    PromiseRange,
+    RangePromise,
+    Reject,
+)
+from tests.chaos.test_chaos_short import (
+    DURATION,
+    SEED,
+    assert_nothing_left,
+    assert_split_brain_happened,
+    run_short,
+)
+
+LOW, HIGH = Ballot(1, 0), Ballot(2, 1)
+#: Promised HIGH, accepted nothing.
+PROMISED = AcceptorState(promised_ballot=HIGH)
+
+
+# -- the broken acceptor itself (no root needed) ---------------------------------
+
+
+def test_it_is_off_unless_the_variable_is_set() -> None:
+    correct = Acceptor(0)
+    assert broken_acceptor.from_env(correct, {}) is correct
+    assert broken_acceptor.from_env(correct, {broken_acceptor.ENV_VAR: ""}) is correct
+    with pytest.raises(ConfigError, match="not a broken-acceptor mode"):
+        broken_acceptor.from_env(correct, {broken_acceptor.ENV_VAR: "promise-lowr"})
+
+
+def test_promise_lower_accepts_and_promises_below_its_promise() -> None:
+    correct = Acceptor(0)
+    broken = broken_acceptor.from_env(Acceptor(0), {broken_acceptor.ENV_VAR: "promise-lower"})
+    assert isinstance(broken, broken_acceptor.PromiseIgnoringAcceptor)
+
+    # A correct acceptor holds a leader with a lower ballot to its promise...
+    assert isinstance(correct.on_accept(PROMISED, Accept(5, LOW, b"x")).reply, Reject)
+    assert isinstance(correct.on_prepare(PROMISED, Prepare(5, LOW)).reply, Reject)
+    assert isinstance(
+        correct.on_accept(AcceptorState(), Accept(5, LOW, b"x"), floor=HIGH).reply, Reject
+    )
+    # ... the broken one does not: it accepts (and persists) and promises.
+    step = broken.on_accept(PROMISED, Accept(5, LOW, b"x"))
+    assert step.reply == Accepted(5, LOW, 0, b"x")
+    assert step.persist and step.state == AcceptorState(HIGH, LOW, b"x")
+    assert broken.on_accept(AcceptorState(), Accept(5, LOW, b"x"), floor=HIGH).reply == Accepted(
+        5, LOW, 0, b"x"
+    )
+    step = broken.on_prepare(AcceptorState(HIGH, HIGH, b"y"), Prepare(5, LOW))
+    assert step.reply == Promise(5, LOW, 0, HIGH, b"y")
+    assert not step.persist  # its own promise stays HIGH
+    # Multi-Paxos: a PrepareRange below the range promise is promised too.
+    range_promise = RangePromise(1, HIGH)
+    ranged = broken.on_prepare_range(
+        range_promise, {7: AcceptorState(HIGH, HIGH, b"y")}, PrepareRange(3, LOW)
+    )
+    assert ranged.reply == PromiseRange(3, LOW, 0, (Accepted(7, HIGH, 0, b"y"),))
+    assert ranged.range_promise == range_promise
+    # What a correct acceptor would do anyway is unchanged.
+    fresh = AcceptorState()
+    assert broken.on_accept(fresh, Accept(5, HIGH, b"x")) == correct.on_accept(
+        fresh, Accept(5, HIGH, b"x")
+    )
+    assert broken.on_prepare(fresh, Prepare(5, HIGH)) == correct.on_prepare(fresh, Prepare(5, HIGH))
+
+
+def test_the_harness_sets_the_variable_for_the_chosen_acceptors_only(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, "cxtest", broken_acceptor="promise-lower", broken_acceptors=2)
+    harness.plan()
+    broken = {n.name: n.env for n in harness.nodes.values() if n.env}
+    assert broken == {
+        "acceptor-0": {broken_acceptor.ENV_VAR: "promise-lower"},
+        "acceptor-1": {broken_acceptor.ENV_VAR: "promise-lower"},
+    }
+    correct = Harness(tmp_path, "cxtest")
+    correct.plan()
+    assert not any(n.env for n in correct.nodes.values())
+
+
+def test_the_flags_are_replayed_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args(
+        ["--duration", "28s", "--broken-acceptor", "promise-lower", "--broken-acceptors", "2"]
+    )
+    assert cli.replay_command(args, 3) == (
+        "python -m paxos_service.chaos --duration 28s --seed 3 "
+        "--broken-acceptor promise-lower --broken-acceptors 2"
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["--duration", "5s", "--broken-acceptors", "2"])
+    assert "needs --broken-acceptor" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--duration", "5s", "--broken-acceptor", "forget-everything"])
+
+
+# -- the real run (root, network namespaces) --------------------------------------
+
+
+@pytest.mark.timeout(420)
+def test_a_run_with_broken_acceptors_fails_and_names_the_check(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    pid, returncode, output = run_short(out, "--broken-acceptor", "promise-lower")
+    assert returncode == cli.EXIT_VIOLATION, output[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "violation"
+    assert summary["seed"] == SEED
+    assert summary["broken_acceptor"] == {
+        "mode": "promise-lower",
+        "acceptors": ["acceptor-0", "acceptor-1", "acceptor-2"],
+    }
+    # The same fault as in the passing run: two proposers that believe they lead.
+    assert_split_brain_happened(summary)
+    # What breaks is what a client can see: the learners diverge (agreement)
+    # and writes acknowledged on one side are missing on the other
+    # (linearizable). Storage and processes are fine: the acceptors persist
+    # every vote, they just break their promises.
+    status = {c["name"]: c["status"] for c in summary["checks"]}
+    failed = {name for name, s in status.items() if s != "ok"}
+    assert failed & {"agreement", "linearizable"}, status
+    assert failed <= {"agreement", "linearizable", "acceptors"}, status
+    assert summary["violations"], summary
+    assert all(v.split(":")[0] in failed for v in summary["violations"])
+    # Printed, too: the verdict, the failed check, the warning, the replay.
+    assert "verdict: VIOLATION" in output
+    assert any(re.search(rf"^ +{name} +VIOLATION", output, re.MULTILINE) for name in failed)
+    assert "TEST ONLY: acceptor-0, acceptor-1, acceptor-2 ran deliberately broken" in output
+    replay = f"--duration {DURATION} --seed {SEED} --broken-acceptor promise-lower"
+    assert replay in output
+    # Every acceptor said loudly that it is broken.
+    for i in range(3):
+        log = (out / "logs" / f"acceptor-{i}.1.log").read_text()
+        assert "TEST-ONLY BROKEN ACCEPTOR" in log
+        assert '"level": "warning"' in log
+    assert_nothing_left(pid, out)
