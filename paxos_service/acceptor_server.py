@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,14 @@ SERVICE_NAME = "paxos_service.v1.AcceptorService"
 _RANGE_LIMIT = 1000
 
 
+#: Instances an acceptor keeps in memory at most. Older ones stay on disk and
+#: are read when asked for (a late Accept, a PrepareRange or catch-up read from
+#: far back, Explain), so memory stays flat however long the log grows.
+MAX_RESIDENT = 20_000
+#: How many of the newest instances stay in memory after an eviction.
+RESIDENT_AFTER_EVICTION = 10_000
+
+
 class GroupCommitter:
     """Writes queued acceptor states in batches: every write that arrives while
     a commit is running shares the next commit (and its fsync)."""
@@ -75,6 +84,10 @@ class GroupCommitter:
         self.failure: StorageError | None = None
         self.commits = 0
         self.rows = 0
+
+    @property
+    def storage(self) -> AcceptorStorage:
+        return self._storage
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -158,16 +171,27 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         range_promise: RangePromise | None = None,
         identity: IdentityGuard | None = None,
         no_vote_through: int = 0,
+        *,
+        spilled_through: int = 0,
+        max_resident: int = MAX_RESIDENT,
+        resident_after_eviction: int = RESIDENT_AFTER_EVICTION,
     ) -> None:
         self.config = config
         self.acceptor = Acceptor(config.node_id, no_vote_through)
         #: Whether this acceptor may vote at all; None: always (tests).
         self.identity = identity
-        #: The latest state of each instance, including writes not yet committed.
-        #: Replies never leave before the writes they depend on are committed.
+        #: The latest state of each resident instance, including writes not yet
+        #: committed. Replies never leave before the writes they depend on are
+        #: committed. An instance not here is on disk if it is at most
+        #: ``spilled_through``, else it has no state. Memory always wins over disk.
         self.states = states
-        #: Instances with state, sorted, for range reads.
+        #: Resident instances, sorted, for range reads.
         self._instances = sorted(states)
+        self.spilled_through = spilled_through
+        self._max_resident = max_resident
+        self._resident_after_eviction = resident_after_eviction
+        #: Writes queued but not yet committed, per instance: those stay resident.
+        self._unsaved: dict[int, int] = {}
         #: The Multi-Paxos promise for every instance >= its from_instance.
         self.range_promise = range_promise or RangePromise()
         self.committer = committer
@@ -215,7 +239,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     ) -> pb.GetAcceptedResponse:
         instance = await self._parse(context, lambda: wire.check_instance(request.instance))
         await self._check_voting(context)
-        state = self.states.get(instance, AcceptorState())
+        state = await self.state_of(instance)
         await self._wait_durable(context)
         response = pb.GetAcceptedResponse(promised_ballot=wire.ballot_to_pb(state.promised_ballot))
         if state.accepted_value is not None:
@@ -234,8 +258,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         msg = await self._parse(context, lambda: wire.prepare_range_from_pb(request.prepare))
         bind_request(context, instance=msg.from_instance, ballot=str(msg.ballot))
         await self._check_voting(context)
-        start = bisect.bisect_left(self._instances, msg.from_instance)
-        later = {i: self.states[i] for i in self._instances[start:]}
+        later = await self.states_from(msg.from_instance)
         try:
             step = self.acceptor.on_prepare_range(self.range_promise, later, msg)
         except ProtocolError as exc:
@@ -261,9 +284,9 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         )
         await self._check_voting(context)
         limit = min(request.limit or _RANGE_LIMIT, _RANGE_LIMIT)
+        found = await self.states_from(start_instance, accepted_limit=limit)
         entries = []
-        for instance in self._instances[bisect.bisect_left(self._instances, start_instance) :]:
-            state = self.states[instance]
+        for instance, state in found.items():
             if state.accepted_value is None:
                 continue
             entries.append(
@@ -304,7 +327,9 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             incarnation=self.identity.incarnation,
             status=self.status(),
             known_incarnation=known,
-            has_state=bool(self.states) or not self.range_promise.ballot.is_zero,
+            has_state=bool(self.states)
+            or self.spilled_through > 0
+            or not self.range_promise.ballot.is_zero,
         )
 
     async def GetRecoveryInfo(
@@ -313,6 +338,15 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         await self._check_peer_request(context, request.cluster_id, None)
         assert self.identity is not None
         promised, highest_accepted = summarize(self.states, self.range_promise)
+        if self.spilled_through:
+            on_disk = await self.committer.run(
+                self.committer.storage.summarize_through,
+                self.spilled_through,
+            )
+            promised, highest_accepted = (
+                max(promised, on_disk[0]),
+                max(highest_accepted, on_disk[1]),
+            )
         status = self.status()
         # It may describe writes still being committed.
         await self._wait_durable(context)
@@ -373,6 +407,75 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
 
     # Internals ----------------------------------------------------------
 
+    # Resident instances and the ones on disk ----------------------------------
+
+    async def state_of(self, instance: int) -> AcceptorState:
+        """The latest state of ``instance``: from memory, or from disk for an
+        instance evicted from memory."""
+        state = self.states.get(instance)
+        if state is not None or instance > self.spilled_through:
+            return state or AcceptorState()
+        loaded = await self.committer.run(
+            self.committer.storage.load_states,
+            instance,
+            instance,
+        )
+        # A write may have landed while we read: memory is always the latest.
+        return self.states.get(instance) or loaded.get(instance, AcceptorState())
+
+    async def states_from(
+        self, first: int, *, accepted_limit: int | None = None
+    ) -> dict[int, AcceptorState]:
+        """Every instance from ``first`` on that has state, in instance order;
+        with ``accepted_limit``, at least the first that many with an accepted
+        value (maybe more instances: callers stop where they need)."""
+        found: dict[int, AcceptorState] = {}
+        if first <= self.spilled_through:
+            found = await self.committer.run(
+                functools.partial(
+                    self.committer.storage.load_states,
+                    first,
+                    self.spilled_through,
+                    accepted_only=accepted_limit is not None,
+                    limit=accepted_limit,
+                )
+            )
+        # After the read, with no await until the caller uses the result:
+        # resident states are the latest, on disk or not yet.
+        for instance in self._instances[bisect.bisect_left(self._instances, first) :]:
+            found[instance] = self.states[instance]
+        return dict(sorted(found.items()))
+
+    def _saved(self, instance: int, future: asyncio.Future[None]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # never evicted: this acceptor has stopped voting anyway
+        left = self._unsaved.get(instance, 0) - 1
+        if left > 0:
+            self._unsaved[instance] = left
+        else:
+            self._unsaved.pop(instance, None)
+        if len(self.states) > self._max_resident:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest committed instances from memory, keeping the newest
+        ``resident_after_eviction`` (and any with a write not yet committed)."""
+        excess = len(self.states) - self._resident_after_eviction
+        evicted = 0
+        for instance in self._instances:
+            if evicted >= excess:
+                break
+            if instance in self._unsaved:
+                continue  # its latest state is not on disk yet
+            del self.states[instance]
+            self.spilled_through = max(self.spilled_through, instance)
+            evicted += 1
+        if evicted:
+            self._instances = [i for i in self._instances if i in self.states]
+            self._log.debug(
+                "evicted instances from memory", count=evicted, spilled_through=self.spilled_through
+            )
+
     async def _parse(self, context: grpc.aio.ServicerContext[Any, Any], parse: Any) -> Any:
         try:
             return parse()
@@ -383,8 +486,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         self, context: grpc.aio.ServicerContext[Any, Any], step_fn: Any, instance: int
     ) -> Promise | Accepted | Reject:
         await self._check_voting(context)
+        state = await self.state_of(instance)
+        # No await from here to the write below: the step sees the latest state.
         try:
-            step = step_fn(self.states.get(instance, AcceptorState()))
+            step = step_fn(state)
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotVoting as exc:
@@ -394,7 +499,9 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             if instance not in self.states:
                 bisect.insort(self._instances, instance)
             self.states[instance] = step.state
-            self.committer.write(instance, step.state)
+            saved = self.committer.write(instance, step.state)
+            self._unsaved[instance] = self._unsaved.get(instance, 0) + 1
+            saved.add_done_callback(functools.partial(self._saved, instance))
         await self._wait_durable(context)
         self._log.debug("replied", reply=type(step.reply).__name__, persisted=step.persist)
         reply: Promise | Accepted | Reject = step.reply
@@ -434,7 +541,9 @@ async def start_acceptor(
     """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor-storage")
     loop = asyncio.get_running_loop()
-    states = await loop.run_in_executor(executor, storage.load_all)
+    states, spilled_through = await loop.run_in_executor(
+        executor, storage.load_newest, RESIDENT_AFTER_EVICTION
+    )
     range_promise = await loop.run_in_executor(executor, storage.load_range_promise)
     committer = GroupCommitter(storage, executor)
     committer.start()
@@ -453,7 +562,13 @@ async def start_acceptor(
         await committer.stop()
         raise
     servicer = AcceptorServicer(
-        config, states, committer, range_promise, identity, storage.no_vote_through
+        config,
+        states,
+        committer,
+        range_promise,
+        identity,
+        storage.no_vote_through,
+        spilled_through=spilled_through,
     )
     from paxos_service import broken_acceptor  # test-only switch: see that module
 

@@ -37,7 +37,7 @@ from paxos_service.server import channel_options
 from paxos_service.storage import StorageError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
-from roles import AcceptorState, majority
+from roles import majority
 
 if TYPE_CHECKING:
     from paxos_service.acceptor_server import AcceptorServicer
@@ -494,7 +494,7 @@ class AcceptorView:
         self, instance: int, local_only: bool, value_limit: int, timeout: float
     ) -> pb.ExplainInstanceResponse:
         s = self.servicer
-        state = s.states.get(instance, AcceptorState())
+        state = await s.state_of(instance)  # from disk if it left memory
         range_promise = s.range_promise
         status = s.status()
         # What we report may include writes still being committed: say nothing

@@ -31,6 +31,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    func,
     select,
 )
 from sqlalchemy.dialects.sqlite import insert
@@ -39,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from paxos_service.sqlite_setup import durable_engine
 from paxos_service.sqlite_setup import error_reason as _reason
 from paxos_service.storage import StorageCorrupt, StorageError
-from roles import AcceptorState, Ballot, RangePromise
+from roles import ZERO_BALLOT, AcceptorState, Ballot, RangePromise
 from roles.recovery import RecoveryPlan, Status
 
 SCHEMA_VERSION = "1"
@@ -134,11 +135,59 @@ class SqliteAcceptorStorage:
             ) from exc
 
     def load_all(self) -> dict[int, AcceptorState]:
+        return self._load(select(acceptor_state))
+
+    def load_newest(self, limit: int) -> tuple[dict[int, AcceptorState], int]:
+        """The newest ``limit`` instances' states, and the highest instance left
+        on disk only (0 when every instance was loaded)."""
+        query = select(acceptor_state).order_by(acceptor_state.c.instance.desc()).limit(limit)
+        states = self._load(query)
+        if len(states) < limit:
+            return states, 0
+        return states, min(states) - 1
+
+    def load_states(
+        self, first: int, last: int, *, accepted_only: bool = False, limit: int | None = None
+    ) -> dict[int, AcceptorState]:
+        """The saved states of the instances from ``first`` through ``last``
+        (only those with an accepted value, the first ``limit`` of them)."""
+        t = acceptor_state.c
+        query = select(acceptor_state).where(t.instance >= first, t.instance <= last)
+        if accepted_only:
+            query = query.where(t.accepted_value.is_not(None))
+        if limit is not None:
+            query = query.order_by(t.instance).limit(limit)
+        return self._load(query)
+
+    def summarize_through(self, last: int) -> tuple[Ballot, int]:
+        """Over the instances through ``last``: the highest promised ballot
+        and the highest instance with an accepted value (0: none)."""
+        t = acceptor_state.c
+        conn = self._connection()
+        try:
+            with conn.begin():
+                promised = conn.execute(
+                    select(t.promised_round, t.promised_proposer_id)
+                    .where(t.instance <= last)
+                    .order_by(t.promised_round.desc(), t.promised_proposer_id.desc())
+                    .limit(1)
+                ).first()
+                accepted = conn.execute(
+                    select(func.max(t.instance)).where(
+                        t.instance <= last, t.accepted_value.is_not(None)
+                    )
+                ).scalar()
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot read {self.path}: {_reason(exc)}") from exc
+        ballot = ZERO_BALLOT if promised is None else Ballot(promised[0], promised[1])
+        return ballot, int(accepted or 0)
+
+    def _load(self, query: Any) -> dict[int, AcceptorState]:
         conn = self._connection()
         states: dict[int, AcceptorState] = {}
         try:
             with conn.begin():
-                rows = conn.execute(select(acceptor_state)).all()
+                rows = conn.execute(query).all()
         except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageCorrupt(f"cannot read {self.path}: {_reason(exc)}") from exc
         for row in rows:

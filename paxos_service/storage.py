@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from roles import AcceptorState, RangePromise
+from roles import AcceptorState, Ballot, RangePromise
 from roles.recovery import RecoveryPlan, Status
 
 
@@ -34,6 +34,23 @@ class StorageCorrupt(StorageError):
 class AcceptorStorage(Protocol):
     def load_all(self) -> dict[int, AcceptorState]:
         """Every instance's state, as last saved."""
+        ...
+
+    def load_newest(self, limit: int) -> tuple[dict[int, AcceptorState], int]:
+        """The newest ``limit`` instances' states, and the highest instance
+        left on disk only (0 when every instance was loaded)."""
+        ...
+
+    def load_states(
+        self, first: int, last: int, *, accepted_only: bool = False, limit: int | None = None
+    ) -> dict[int, AcceptorState]:
+        """The saved states of the instances from ``first`` through ``last``
+        (only those with an accepted value, the first ``limit`` of them)."""
+        ...
+
+    def summarize_through(self, last: int) -> tuple[Ballot, int]:
+        """Over the instances through ``last``: the highest promised ballot and
+        the highest instance with an accepted value (0: none)."""
         ...
 
     def load_range_promise(self) -> RangePromise:

@@ -1,6 +1,6 @@
 """Sampling profiles of the server processes with py-spy, when it is installed.
 
-py-spy is not a dependency (``pip install py-spy``). It reads a running
+py-spy comes with the dev install (``make install``). It reads a running
 CPython's stacks from outside, so the servers need no change and no restart.
 It needs ptrace rights over them: root, or the same user with
 ``kernel.yama.ptrace_scope`` at 0. Each sample pauses the process for a few

@@ -1,7 +1,7 @@
 """The timeline PNG: operations (latency over time, by outcome) and fault windows.
 
-Drawn with matplotlib when it is importable. The project does not depend on
-matplotlib, so without it the run skips the picture and says so in its notes.
+Drawn with matplotlib, which the dev install (`make install`) brings. The package
+itself does not depend on it: without it the run skips the picture and says so.
 """
 
 from __future__ import annotations

@@ -97,6 +97,8 @@ def test_tiny_run_reports_throughput_and_sane_percentiles(tmp_path: Path) -> Non
     assert report["disk"]["paxos"]["puts"] >= 100  # the prefill, then the puts
     assert "OPS/S" in stdout and "P99 MS" in stdout
     assert (tmp_path / "bench.txt").read_text().strip() == stdout.split("\nwrote ")[0].strip()
+    # The plot (matplotlib comes with the dev install, as `make bench` uses it).
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_interrupt_stops_every_process_it_started(tmp_path: Path) -> None:

@@ -111,6 +111,8 @@ def test_short_chaos_run_passes_and_cleans_up(tmp_path: Path) -> None:
     assert len(history) == summary["operations"]["total"]
     assert f"--seed {SEED}" in output and "verdict: PASS" in output
     assert "broken_acceptor" not in summary
+    # The timeline (matplotlib comes with the dev install, as `make chaos` uses it).
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert_nothing_left(pid, out)
 
 
