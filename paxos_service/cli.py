@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from paxos_service import kv_cli, log, status_cli
 from paxos_service.config import (
@@ -37,27 +37,15 @@ from paxos_service.config import (
     ProposerConfig,
     ServerConfig,
     TlsFiles,
+    argparse_type,
     parse_address,
     parse_address_list,
     parse_node_id,
     parse_positive_float,
 )
 
-T = TypeVar("T")
-
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-
-def _typed(fn: Callable[[str], T], name: str) -> Callable[[str], T]:
-    def convert(text: str) -> T:
-        try:
-            return fn(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = name
-    return convert
 
 
 def _env(option: str) -> str | None:
@@ -90,25 +78,25 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 def _add_server_options(parser: argparse.ArgumentParser, default_listen: str) -> None:
     parser.add_argument(
         "--id",
-        type=_typed(parse_node_id, "id"),
+        type=argparse_type(parse_node_id, "id"),
         default=_env("id"),
         help="node id: an integer, or a pod name ending in -<ordinal> [env PAXOS_ID]",
     )
     parser.add_argument(
         "--listen",
-        type=_typed(parse_address, "address"),
+        type=argparse_type(parse_address, "address"),
         default=_env("listen") or default_listen,
         help=f"HOST:PORT to serve gRPC on (default {default_listen}) [env PAXOS_LISTEN]",
     )
     parser.add_argument(
         "--max-value-bytes",
-        type=_typed(_int_at_least(1), "size"),
+        type=argparse_type(_int_at_least(1), "size"),
         default=_env("max_value_bytes") or DEFAULT_MAX_VALUE_BYTES,
         help="largest value accepted, in bytes (default 1 MiB) [env PAXOS_MAX_VALUE_BYTES]",
     )
     parser.add_argument(
         "--shutdown-grace",
-        type=_typed(lambda t: parse_positive_float(t, "grace"), "seconds"),
+        type=argparse_type(lambda t: parse_positive_float(t, "grace"), "seconds"),
         default=_env("shutdown_grace") or DEFAULT_SHUTDOWN_GRACE,
         help="seconds in-flight calls get on SIGTERM (default 5) [env PAXOS_SHUTDOWN_GRACE]",
     )
@@ -121,14 +109,14 @@ def _add_server_options(parser: argparse.ArgumentParser, default_listen: str) ->
     add_tls_options(parser, server=True)
     parser.add_argument(
         "--metrics-listen",
-        type=_typed(parse_address, "address"),
+        type=argparse_type(parse_address, "address"),
         default=_env("metrics_listen"),
         help="HOST:PORT to serve Prometheus metrics on, at /metrics (default: none) "
         "[env PAXOS_METRICS_LISTEN]",
     )
     parser.add_argument(
         "--health-listen",
-        type=_typed(parse_address, "address"),
+        type=argparse_type(parse_address, "address"),
         default=_env("health_listen"),
         help="HOST:PORT to serve only grpc.health.v1 on, in plaintext, for probes that "
         "cannot do TLS such as Kubernetes' gRPC probes (default: none) "
@@ -193,7 +181,7 @@ def tls_from_args(args: argparse.Namespace, *, server: bool) -> TlsFiles | None:
 def _add_acceptor_list(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--acceptors",
-        type=_typed(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=_env("acceptors"),
         help="comma-separated acceptor addresses in id order: the i-th runs with --id i "
         "[env PAXOS_ACCEPTORS]",
@@ -229,7 +217,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     acceptor.add_argument(
         "--acceptors",
-        type=_typed(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=_env("acceptors"),
         help="every acceptor's address in id order, this one included: turns on the checks "
         "that keep an acceptor that lost its data from voting (needed by recover) "
@@ -237,7 +225,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     acceptor.add_argument(
         "--settle",
-        type=_typed(_non_negative_float, "seconds"),
+        type=argparse_type(_non_negative_float, "seconds"),
         default=30.0,
         help="recover: seconds to wait before reading the peers, so that no vote of the "
         "lost acceptor is still in flight (default 30)",
@@ -248,18 +236,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _add_acceptor_list(proposer)
     proposer.add_argument(
         "--learners",
-        type=_typed(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=_env("learners"),
         help="learners to tell about decisions [env PAXOS_LEARNERS]",
     )
     proposer.add_argument(
         "--proposers",
-        type=_typed(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=_env("proposers"),
         help="every proposer's address in id order, this one included; enables the replicated "
         "log with leader election [env PAXOS_PROPOSERS]",
     )
-    seconds = _typed(lambda t: parse_positive_float(t, "seconds"), "seconds")
+    seconds = argparse_type(lambda t: parse_positive_float(t, "seconds"), "seconds")
     proposer.add_argument(
         "--heartbeat-interval",
         type=seconds,
@@ -275,20 +263,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     proposer.add_argument(
         "--window",
-        type=_typed(_int_at_least(1), "count"),
+        type=argparse_type(_int_at_least(1), "count"),
         default=_env("window") or 4,
         help="log instances in phase 2 at once (default 4; commands arriving meanwhile "
         "share the next one) [env PAXOS_WINDOW]",
     )
     proposer.add_argument(
         "--max-batch",
-        type=_typed(_int_at_least(1), "count"),
+        type=argparse_type(_int_at_least(1), "count"),
         default=_env("max_batch") or 512,
         help="commands per log instance at most (default 512) [env PAXOS_MAX_BATCH]",
     )
     proposer.add_argument(
         "--propose-timeout",
-        type=_typed(lambda t: parse_positive_float(t, "timeout"), "seconds"),
+        type=argparse_type(lambda t: parse_positive_float(t, "timeout"), "seconds"),
         default=_env("propose_timeout") or 10.0,
         help="longest a Propose may take when the client sets no deadline (default 10)",
     )
@@ -305,17 +293,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     learner.add_argument(
         "--proposers",
-        type=_typed(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=_env("proposers"),
         help="proposers to append KV commands through (needed with --db) [env PAXOS_PROPOSERS]",
     )
 
     cluster = sub.add_parser("cluster", help="run a local cluster, one process per role")
-    cluster.add_argument("--acceptors", type=_typed(_int_at_least(1), "count"), default=3)
-    cluster.add_argument("--proposers", type=_typed(_int_at_least(1), "count"), default=2)
-    cluster.add_argument("--learners", type=_typed(_int_at_least(1), "count"), default=1)
+    cluster.add_argument("--acceptors", type=argparse_type(_int_at_least(1), "count"), default=3)
+    cluster.add_argument("--proposers", type=argparse_type(_int_at_least(1), "count"), default=2)
+    cluster.add_argument("--learners", type=argparse_type(_int_at_least(1), "count"), default=1)
     cluster.add_argument("--data-dir", type=Path, default=Path("data"))
-    cluster.add_argument("--base-port", type=_typed(_int_at_least(1), "port"), default=50051)
+    cluster.add_argument("--base-port", type=argparse_type(_int_at_least(1), "port"), default=50051)
     cluster.add_argument("--host", default="127.0.0.1", help="address to listen on")
     cluster.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     cluster.add_argument(
@@ -347,35 +335,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     certs.add_argument(
         "--days",
-        type=_typed(_int_at_least(1), "days"),
+        type=argparse_type(_int_at_least(1), "days"),
         default=365,
         help="validity of the peer and client certificates in days (default 365; the CA: 3650)",
     )
     certs.add_argument("--force", action="store_true", help="replace an existing CA in --out")
 
-    timeout = _typed(lambda t: parse_positive_float(t, "timeout"), "seconds")
+    timeout = argparse_type(lambda t: parse_positive_float(t, "timeout"), "seconds")
     propose = sub.add_parser("propose", help="propose a value for an instance")
     propose.add_argument(
         "--proposer",
-        type=_typed(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=_env("proposers"),
         help="proposer address(es), comma-separated; tried in order [env PAXOS_PROPOSERS]",
     )
     propose.add_argument("--timeout", type=timeout, default=5.0)
     add_tls_options(propose, server=False)
-    propose.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
+    propose.add_argument("instance", type=argparse_type(_int_at_least(1), "instance"))
     propose.add_argument("value", help="the value, as UTF-8 text")
 
     get = sub.add_parser("get", help="read the value chosen for an instance")
     get.add_argument(
         "--learner",
-        type=_typed(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=_env("learners"),
         help="learner address(es), comma-separated; tried in order [env PAXOS_LEARNERS]",
     )
     get.add_argument("--timeout", type=timeout, default=5.0)
     add_tls_options(get, server=False)
-    get.add_argument("instance", type=_typed(_int_at_least(1), "instance"))
+    get.add_argument("instance", type=argparse_type(_int_at_least(1), "instance"))
 
     kv_cli.add_parser(sub)
     status_cli.add_parsers(sub)

@@ -7,9 +7,12 @@ Parsing errors raise :class:`ConfigError` with a message that names the option.
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 #: Default cap on a proposed value, in bytes (configurable per server).
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
@@ -17,11 +20,27 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 MAX_INSTANCE = 2**63 - 1
 DEFAULT_SHUTDOWN_GRACE = 5.0
 
+_T = TypeVar("_T")
 _POD_ORDINAL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?-(\d+)$")
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names it."""
+
+
+def argparse_type(fn: Callable[[str], _T], name: str) -> Callable[[str], _T]:
+    """An argparse ``type=`` from a parser that raises :class:`ConfigError`:
+    the error becomes a usage error (exit 2) naming the problem, and ``name``
+    is what argparse calls the value in its messages."""
+
+    def convert(text: str) -> _T:
+        try:
+            return fn(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
 
 
 def parse_node_id(text: str) -> int:

@@ -30,9 +30,14 @@ import base64
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn
 
-from paxos_service.config import ConfigError, parse_address_list, parse_positive_float
+from paxos_service.config import (
+    ConfigError,
+    argparse_type,
+    parse_address_list,
+    parse_positive_float,
+)
 
 if TYPE_CHECKING:
     from paxos_service.kv_client import KeyValue, KvClient, WatchEvent
@@ -43,21 +48,6 @@ EXIT_INTERRUPTED = 130
 #: What a shell reports for a process killed by SIGPIPE: our reader went away.
 EXIT_BROKEN_PIPE = 141
 DEFAULT_TIMEOUT = 5.0
-
-_T = TypeVar("_T")
-
-
-def _converter(fn: Callable[[str], _T], name: str) -> Callable[[str], _T]:
-    """An argparse ``type=`` that reports ConfigError as a usage error (exit 2)."""
-
-    def convert(text: str) -> _T:
-        try:
-            return fn(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = name  # argparse names the type in its messages
-    return convert
 
 
 def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
@@ -70,7 +60,7 @@ def _integer(minimum: int, maximum: int) -> Callable[[str], int]:
             raise ConfigError(f"must be in {minimum}..{maximum}, got {value}")
         return value
 
-    return _converter(parse, "integer")
+    return argparse_type(parse, "integer")
 
 
 #: Where `paxos cluster` (and so `make run`) puts its learner by default.
@@ -89,7 +79,7 @@ def add_parser(
     )
     kv.add_argument(
         "--learners",
-        type=_converter(parse_address_list, "addresses"),
+        type=argparse_type(parse_address_list, "addresses"),
         default=os.environ.get("PAXOS_LEARNERS") or LOCAL_CLUSTER_LEARNER,
         metavar="HOST:PORT,...",
         help="comma-separated learner addresses; tried in turn (default: the learner of "
@@ -97,7 +87,7 @@ def add_parser(
     )
     kv.add_argument(
         "--timeout",
-        type=_converter(lambda t: parse_positive_float(t, "timeout"), "seconds"),
+        type=argparse_type(lambda t: parse_positive_float(t, "timeout"), "seconds"),
         default=DEFAULT_TIMEOUT,
         metavar="S",
         help=f"seconds a command may take, retries included (default {DEFAULT_TIMEOUT:g})",

@@ -33,12 +33,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from paxos_service.config import (
     MAX_INSTANCE,
     ConfigError,
     TlsFiles,
+    argparse_type,
     parse_address_list,
     parse_positive_float,
 )
@@ -56,21 +57,6 @@ LOCAL_PROPOSERS = "127.0.0.1:50054,127.0.0.1:50055"
 LOCAL_LEARNERS = "127.0.0.1:50056"
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_WATCH = 2.0
-
-_T = TypeVar("_T")
-
-
-def _converter(fn: Callable[[str], _T], name: str) -> Callable[[str], _T]:
-    """An argparse ``type=`` that reports ConfigError as a usage error (exit 2)."""
-
-    def convert(text: str) -> _T:
-        try:
-            return fn(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = name
-    return convert
 
 
 def _instance(text: str) -> int:
@@ -93,8 +79,8 @@ def _value_limit(text: str) -> int:
     return value
 
 
-_addresses = _converter(parse_address_list, "addresses")
-_seconds = _converter(lambda t: parse_positive_float(t, "seconds"), "seconds")
+_addresses = argparse_type(parse_address_list, "addresses")
+_seconds = argparse_type(lambda t: parse_positive_float(t, "seconds"), "seconds")
 
 
 def _add_address_options(parser: argparse.ArgumentParser, *roles: str) -> None:
@@ -153,7 +139,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "and a verdict (chosen, stuck, no acceptor accepted anything, unknown). Exit 0 "
         "with an explanation, 1 if no proposer or learner answered. See docs/operations.md.",
     )
-    explain.add_argument("instance", type=_converter(_instance, "instance"), metavar="INSTANCE")
+    explain.add_argument("instance", type=argparse_type(_instance, "instance"), metavar="INSTANCE")
     _add_address_options(explain, "proposers", "learners")
     explain.add_argument(
         "--timeout",
@@ -164,7 +150,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     explain.add_argument(
         "--value-limit",
-        type=_converter(_value_limit, "bytes"),
+        type=argparse_type(_value_limit, "bytes"),
         default=0,
         metavar="BYTES",
         help="show at most this many bytes of each value (default: the server's, 4096)",
