@@ -23,11 +23,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 STARTUP_TIMEOUT = 20.0
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free now, never one this process handed out before: the kernel
+    may give a just-closed port again, and two nodes listed on one port make
+    the servers refuse their --acceptors list ("address listed twice")."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def clean_env() -> dict[str, str]:
