@@ -10,7 +10,7 @@ GEN    := paxos_service/v1/paxos_pb2.py
 
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k acceptor -x"`.
 PYTEST_ARGS ?=
-# Seeds for the simulation; `make sim SEEDS=5000` for a long run.
+# Seeds for the simulation; `make sim SEEDS=10000` for a long run.
 SEEDS ?= 2000
 
 .PHONY: install proto run test test-fast sim lint fmt clean
@@ -45,9 +45,12 @@ test: install lint
 test-fast: install
 	$(BIN)/python -m pytest tests/unit tests/simulation $(PYTEST_ARGS)
 
-# The seeded protocol simulation with many more schedules than `make test`.
+# The deterministic simulation of the real service code (tests/simulation/realsim)
+# on every core: `make sim SEEDS=10000`; `make sim SEED=1234` replays one seed
+# and prints its fault schedule. Exit 1 on any violation.
 sim: install
-	PAXOS_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest tests/simulation -q $(PYTEST_ARGS)
+	PYTHONHASHSEED=0 $(BIN)/python -m tests.simulation.realsim \
+	  $(if $(SEED),--seed $(SEED),--seeds $(SEEDS))
 
 lint: install
 	$(BIN)/ruff check .

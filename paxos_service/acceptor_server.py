@@ -11,6 +11,14 @@ implies "every earlier write is done".
 If a commit fails, the acceptor stops voting for good: every later request gets
 UNAVAILABLE and health turns NOT_SERVING. It never replies without persisting.
 
+Atomic steps: every request's read, decision and write happen as one step,
+one step at a time (:meth:`AcceptorServicer._atomic`). A step may await a disk
+read of an instance evicted from memory, but no other step runs meanwhile, and
+eviction waits until no step is in progress, so a range read can never miss an
+instance that moves from memory to disk under it, and a decision is never
+taken against a promise that changed while its state was being read. The
+waits for durability happen after the step, outside it.
+
 Identity safety (:mod:`paxos_service.identity`): an acceptor votes only while
 its :class:`~paxos_service.identity.IdentityGuard` says so. A new database
 joins first, one whose id voted before with another database never votes, and
@@ -23,16 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 
-from paxos_service import metrics, operator_server, wire
+from paxos_service import clock, metrics, operator_server, runtime, wire
 from paxos_service.config import AcceptorConfig
 from paxos_service.identity import STANDING_TO_PB, IdentityGuard
 from paxos_service.log import get_logger
@@ -60,19 +69,23 @@ SERVICE_NAME = "paxos_service.v1.AcceptorService"
 _RANGE_LIMIT = 1000
 
 
-#: Instances an acceptor keeps in memory at most. Older ones stay on disk and
-#: are read when asked for (a late Accept, a PrepareRange or catch-up read from
-#: far back, Explain), so memory stays flat however long the log grows.
+#: Instances an acceptor keeps in memory at most (``--max-resident-instances``).
+#: Older ones stay on disk and are read when asked for (a late Accept, a
+#: PrepareRange or catch-up read from far back, Explain), so memory stays flat
+#: however long the log grows. After an eviction the newest half stay.
 MAX_RESIDENT = 20_000
-#: How many of the newest instances stay in memory after an eviction.
-RESIDENT_AFTER_EVICTION = 10_000
+
+
+def resident_after_eviction(max_resident: int) -> int:
+    """How many of the newest instances stay in memory after an eviction."""
+    return max(1, max_resident // 2)
 
 
 class GroupCommitter:
     """Writes queued acceptor states in batches: every write that arrives while
     a commit is running shares the next commit (and its fsync)."""
 
-    def __init__(self, storage: AcceptorStorage, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, storage: AcceptorStorage, executor: Executor) -> None:
         self._storage = storage
         self._executor = executor
         self._pending: list[tuple[int, AcceptorState]] = []
@@ -98,14 +111,21 @@ class GroupCommitter:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def write(self, instance: int, state: AcceptorState) -> asyncio.Future[None]:
-        """Queue a write; the future completes once it is durable."""
+        """Queue a write; the future completes once it is durable. Raises
+        StorageError once a commit has failed: nothing would ever commit it."""
+        self._refuse_after_failure()
         self._pending.append((instance, state))
         return self._enqueued()
 
     def write_range_promise(self, promise: RangePromise) -> asyncio.Future[None]:
         """Queue the new range promise (it only grows, so the latest wins)."""
+        self._refuse_after_failure()
         self._pending_range = promise
         return self._enqueued()
+
+    def _refuse_after_failure(self) -> None:
+        if self.failure is not None:
+            raise StorageError(f"an earlier commit failed ({self.failure})")
 
     def _enqueued(self) -> asyncio.Future[None]:
         if self._pending_done is None:
@@ -173,8 +193,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         no_vote_through: int = 0,
         *,
         spilled_through: int = 0,
-        max_resident: int = MAX_RESIDENT,
-        resident_after_eviction: int = RESIDENT_AFTER_EVICTION,
+        max_resident: int | None = None,
     ) -> None:
         self.config = config
         self.acceptor = Acceptor(config.node_id, no_vote_through)
@@ -188,8 +207,12 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         #: Resident instances, sorted, for range reads.
         self._instances = sorted(states)
         self.spilled_through = spilled_through
-        self._max_resident = max_resident
-        self._resident_after_eviction = resident_after_eviction
+        self._max_resident = max_resident or config.max_resident_instances
+        self._resident_after_eviction = resident_after_eviction(self._max_resident)
+        #: Held for the whole of one step (read, decide, queue the write).
+        self._step_lock = asyncio.Lock()
+        #: An eviction came due while a step was in progress: run it after.
+        self._evict_due = False
         #: Writes queued but not yet committed, per instance: those stay resident.
         self._unsaved: dict[int, int] = {}
         #: The Multi-Paxos promise for every instance >= its from_instance.
@@ -205,9 +228,8 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     ) -> pb.PrepareResponse:
         msg = await self._parse(context, lambda: wire.prepare_from_pb(request.prepare))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
-        floor = self.range_promise.floor(msg.instance)
         step = await self._step(
-            context, lambda s: self.acceptor.on_prepare(s, msg, floor), msg.instance
+            context, lambda s, floor: self.acceptor.on_prepare(s, msg, floor), msg.instance
         )
         if isinstance(step, Promise):
             metrics.PROMISED_PREPARE.inc()
@@ -222,12 +244,11 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         max_bytes = self.config.max_value_bytes
         msg = await self._parse(context, lambda: wire.accept_from_pb(request.accept, max_bytes))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
-        floor = self.range_promise.floor(msg.instance)
         step = await self._step(
-            context, lambda s: self.acceptor.on_accept(s, msg, floor), msg.instance
+            context, lambda s, floor: self.acceptor.on_accept(s, msg, floor), msg.instance
         )
         if isinstance(step, Accepted):
-            self.last_contact = (msg.ballot.proposer_id, time.monotonic())
+            self.last_contact = (msg.ballot.proposer_id, clock.now())
             metrics.ACCEPTOR_ACCEPTS.inc()
             return pb.AcceptResponse(accepted=wire.accepted_to_pb(step))
         assert isinstance(step, Reject)
@@ -238,8 +259,9 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         self, request: pb.GetAcceptedRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAcceptedResponse:
         instance = await self._parse(context, lambda: wire.check_instance(request.instance))
-        await self._check_voting(context)
-        state = await self.state_of(instance)
+        async with self._atomic():
+            await self._check_voting(context)
+            state = await self.state_of(instance)
         await self._wait_durable(context)
         response = pb.GetAcceptedResponse(promised_ballot=wire.ballot_to_pb(state.promised_ballot))
         if state.accepted_value is not None:
@@ -257,17 +279,21 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     ) -> pb.PrepareRangeResponse:
         msg = await self._parse(context, lambda: wire.prepare_range_from_pb(request.prepare))
         bind_request(context, instance=msg.from_instance, ballot=str(msg.ballot))
-        await self._check_voting(context)
-        later = await self.states_from(msg.from_instance)
-        try:
-            step = self.acceptor.on_prepare_range(self.range_promise, later, msg)
-        except ProtocolError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotVoting as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if step.persist:
-            self.range_promise = step.range_promise
-            self.committer.write_range_promise(step.range_promise)
+        async with self._atomic():
+            await self._check_voting(context)
+            later = await self.states_from(msg.from_instance)
+            # A commit may have failed during the read: check again, then no
+            # await until the promise is queued.
+            await self._check_voting(context)
+            try:
+                step = self.acceptor.on_prepare_range(self.range_promise, later, msg)
+            except ProtocolError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except NotVoting as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            if step.persist:
+                self.range_promise = step.range_promise
+                self.committer.write_range_promise(step.range_promise)
         await self._wait_durable(context)
         if isinstance(step.reply, PromiseRange):
             metrics.PROMISED_PREPARE_RANGE.inc()
@@ -282,9 +308,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         start_instance = await self._parse(
             context, lambda: wire.check_instance(request.from_instance)
         )
-        await self._check_voting(context)
         limit = min(request.limit or _RANGE_LIMIT, _RANGE_LIMIT)
-        found = await self.states_from(start_instance, accepted_limit=limit)
+        async with self._atomic():
+            await self._check_voting(context)
+            found = await self.states_from(start_instance, accepted_limit=limit)
         entries = []
         for instance, state in found.items():
             if state.accepted_value is None:
@@ -337,17 +364,18 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     ) -> pb.GetRecoveryInfoResponse:
         await self._check_peer_request(context, request.cluster_id, None)
         assert self.identity is not None
-        promised, highest_accepted = summarize(self.states, self.range_promise)
-        if self.spilled_through:
-            on_disk = await self.committer.run(
-                self.committer.storage.summarize_through,
-                self.spilled_through,
-            )
-            promised, highest_accepted = (
-                max(promised, on_disk[0]),
-                max(highest_accepted, on_disk[1]),
-            )
-        status = self.status()
+        async with self._atomic():
+            promised, highest_accepted = summarize(self.states, self.range_promise)
+            if self.spilled_through:
+                on_disk = await self.committer.run(
+                    self.committer.storage.summarize_through,
+                    self.spilled_through,
+                )
+                promised, highest_accepted = (
+                    max(promised, on_disk[0]),
+                    max(highest_accepted, on_disk[1]),
+                )
+            status = self.status()
         # It may describe writes still being committed.
         await self._wait_durable(context)
         return pb.GetRecoveryInfoResponse(
@@ -372,7 +400,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             acceptor_id=self.config.node_id,
             has_contact=True,
             proposer_id=contact[0],
-            seconds_since=max(0.0, time.monotonic() - contact[1]),
+            seconds_since=max(0.0, clock.now() - contact[1]),
         )
 
     def status(self) -> pb.AcceptorStatus.ValueType:
@@ -409,9 +437,20 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
 
     # Resident instances and the ones on disk ----------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _atomic(self) -> AsyncIterator[None]:
+        """One step at a time: reads of evicted instances may await the disk,
+        but no other step decides meanwhile, and nothing is evicted until the
+        step is over (so ``spilled_through`` and memory agree with what it read)."""
+        async with self._step_lock:
+            yield
+        if self._evict_due and not self._step_lock.locked():
+            self._evict_due = False
+            self._evict()
+
     async def state_of(self, instance: int) -> AcceptorState:
         """The latest state of ``instance``: from memory, or from disk for an
-        instance evicted from memory."""
+        instance evicted from memory. Call inside :meth:`_atomic`."""
         state = self.states.get(instance)
         if state is not None or instance > self.spilled_through:
             return state or AcceptorState()
@@ -428,7 +467,9 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     ) -> dict[int, AcceptorState]:
         """Every instance from ``first`` on that has state, in instance order;
         with ``accepted_limit``, at least the first that many with an accepted
-        value (maybe more instances: callers stop where they need)."""
+        value (maybe more instances: callers stop where they need). Call inside
+        :meth:`_atomic`: no eviction can then move an instance out of memory
+        past the ``spilled_through`` the disk read used."""
         found: dict[int, AcceptorState] = {}
         if first <= self.spilled_through:
             found = await self.committer.run(
@@ -455,7 +496,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         else:
             self._unsaved.pop(instance, None)
         if len(self.states) > self._max_resident:
-            self._evict()
+            if self._step_lock.locked():
+                self._evict_due = True  # a step may be reading: after it
+            else:
+                self._evict()
 
     def _evict(self) -> None:
         """Drop the oldest committed instances from memory, keeping the newest
@@ -485,23 +529,29 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     async def _step(
         self, context: grpc.aio.ServicerContext[Any, Any], step_fn: Any, instance: int
     ) -> Promise | Accepted | Reject:
-        await self._check_voting(context)
-        state = await self.state_of(instance)
-        # No await from here to the write below: the step sees the latest state.
-        try:
-            step = step_fn(state)
-        except ProtocolError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotVoting as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if step.persist:
-            # Later messages see this state at once; nobody hears of it before it is durable.
-            if instance not in self.states:
-                bisect.insort(self._instances, instance)
-            self.states[instance] = step.state
-            saved = self.committer.write(instance, step.state)
-            self._unsaved[instance] = self._unsaved.get(instance, 0) + 1
-            saved.add_done_callback(functools.partial(self._saved, instance))
+        """Read ``instance``, decide with ``step_fn(state, range_floor)`` and
+        queue the new state, as one atomic step; reply once it is durable."""
+        async with self._atomic():
+            await self._check_voting(context)
+            state = await self.state_of(instance)
+            # A commit may have failed during the read: check again. From here
+            # to the write below there is no await, so the decision sees the
+            # latest state and the latest range promise.
+            await self._check_voting(context)
+            try:
+                step = step_fn(state, self.range_promise.floor(instance))
+            except ProtocolError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except NotVoting as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            if step.persist:
+                # Later steps see this state at once; nobody hears of it before it is durable.
+                saved = self.committer.write(instance, step.state)
+                if instance not in self.states:
+                    bisect.insort(self._instances, instance)
+                self.states[instance] = step.state
+                self._unsaved[instance] = self._unsaved.get(instance, 0) + 1
+                saved.add_done_callback(functools.partial(self._saved, instance))
         await self._wait_durable(context)
         self._log.debug("replied", reply=type(step.reply).__name__, persisted=step.persist)
         reply: Promise | Accepted | Reject = step.reply
@@ -539,10 +589,12 @@ async def start_acceptor(
     ``acceptors`` lists every acceptor's address in id order, this one's
     included; it turns the identity checks on (see :mod:`paxos_service.identity`).
     """
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="acceptor-storage")
+    executor = runtime.storage_executor("acceptor-storage")
     loop = asyncio.get_running_loop()
     states, spilled_through = await loop.run_in_executor(
-        executor, storage.load_newest, RESIDENT_AFTER_EVICTION
+        executor,
+        storage.load_newest,
+        resident_after_eviction(config.max_resident_instances),
     )
     range_promise = await loop.run_in_executor(executor, storage.load_range_promise)
     committer = GroupCommitter(storage, executor)
@@ -570,9 +622,6 @@ async def start_acceptor(
         storage.no_vote_through,
         spilled_through=spilled_through,
     )
-    from paxos_service import broken_acceptor  # test-only switch: see that module
-
-    servicer.acceptor = broken_acceptor.from_env(servicer.acceptor)
 
     def register(server: grpc.aio.Server) -> None:
         pb_grpc.add_AcceptorServiceServicer_to_server(servicer, server)

@@ -216,6 +216,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="name of the cluster this acceptor's file belongs to [env PAXOS_CLUSTER_ID]",
     )
     acceptor.add_argument(
+        "--max-resident-instances",
+        type=argparse_type(_int_at_least(2), "count"),
+        default=_env("max_resident_instances") or 20_000,
+        help="instances kept in memory; older ones are read from disk when asked for "
+        "(default 20000, at least 2) [env PAXOS_MAX_RESIDENT_INSTANCES]",
+    )
+    acceptor.add_argument(
         "--acceptors",
         type=argparse_type(parse_address_list, "addresses"),
         default=_env("acceptors"),
@@ -404,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "acceptor":
             _require(sub, args, "id", "db")
             config = AcceptorConfig(
-                **_server_fields(args), db_path=args.db, cluster_id=args.cluster_id
+                **_server_fields(args),
+                db_path=args.db,
+                cluster_id=args.cluster_id,
+                max_resident_instances=int(args.max_resident_instances),
             )
             acceptors = args.acceptors or []
             if acceptors and args.id >= len(acceptors):

@@ -124,6 +124,9 @@ class ServerConfig:
 class AcceptorConfig(ServerConfig):
     db_path: Path = Path("acceptor.db")
     cluster_id: str = "paxos"
+    #: Instances kept in memory at most; older ones are read from disk when
+    #: asked for. After an eviction the newest half stay.
+    max_resident_instances: int = 20_000
 
 
 @dataclass(frozen=True)

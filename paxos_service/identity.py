@@ -21,11 +21,40 @@ acceptors that all start together can vouch for each other.
 
 **At start** (``IdentityGuard``; the decisions are :mod:`roles.recovery`):
 
-* An existing database (status VOTING) votes at once, and introduces itself to
-  every peer in the background, retrying, and again every
-  ``RECHECK_INTERVAL``. If a peer knows a *different* incarnation for its id,
-  another process holds this id (it was recovered elsewhere): it stops voting
-  for good (RETIRED, persisted) and logs why.
+* An existing database (status VOTING) checks first, then votes. Before its
+  server answers anything, it introduces itself to every peer at once, for at
+  most ``STARTUP_CHECK_TIMEOUT``:
+
+  - any peer that answers knows a *different* incarnation for its id: another
+    process holds this id (it was recovered elsewhere, or this volume is an old
+    copy reattached). It never votes (RETIRED, persisted) and logs why.
+  - at least one peer answered and none knows another incarnation: it votes
+    (CONFIRMING -> VOTING). One answer is enough: ``recover`` makes the new
+    incarnation vote only once *every* peer has recorded it, so if our id had
+    been recovered and the recovered one voted, whichever peer answers would
+    know it. (A peer that knew no incarnation for the id records this one as
+    it answers, as in a cluster that ran without identity tracking.)
+  - no peer answered in time: it starts serving, **not voting** (standing
+    CONFIRMING: Prepare, Accept and PrepareRange get UNAVAILABLE "acceptor N
+    is confirming: ...", readiness NOT_SERVING), and keeps introducing itself
+    in the background until a peer answers, then decides as above. So a stale
+    volume never votes, not even for its very first request.
+
+  Once voting, it introduces itself to every peer again every
+  ``RECHECK_INTERVAL``; a peer that knows another incarnation makes it stop
+  voting for good (RETIRED), as above.
+
+  *When no peer is reachable* it does not vote, however long that lasts; there
+  is no timeout after which it votes anyway. That keeps safety: a stale volume
+  cut off from its peers, but reachable by a proposer that also reaches a peer
+  (partitions need not be symmetric), could otherwise join a majority with a
+  vote its id's new incarnation does not know about. It costs no liveness in a
+  whole-cluster cold start: every acceptor answers ``Introduce`` whether or not
+  it votes, so acceptors that start together confirm each other as soon as any
+  two are up, and a majority votes as soon as a majority is up (each voter
+  needs one peer, and a majority of 3 or more holds one). An acceptor that
+  reaches no peer at all could, with symmetric reachability, not be part of
+  any majority anyway.
 * A new database (no file: status JOINING) does not vote: Prepare, Accept and
   PrepareRange get UNAVAILABLE "acceptor N is joining: ...", and health for
   ``paxos_service.v1.AcceptorService`` (the readiness probe) is NOT_SERVING,
@@ -99,7 +128,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +135,7 @@ from typing import Any
 
 import grpc
 
+from paxos_service import clock
 from paxos_service import tls as tls_channels
 from paxos_service.config import ConfigError, TlsFiles
 from paxos_service.log import get_logger
@@ -132,6 +161,9 @@ from roles.recovery import (
 RECHECK_INTERVAL = 10.0
 #: Deadline of one Introduce call.
 INTRODUCE_TIMEOUT = 2.0
+#: How long an existing database asks its peers at start, before its server
+#: starts (not voting if no peer answered by then; it keeps asking).
+STARTUP_CHECK_TIMEOUT = 1.0
 #: Longest pause between two rounds of introductions to peers that did not answer.
 MAX_RETRY_INTERVAL = 2.0
 #: A joining acceptor says whom it waits for this often (seconds).
@@ -145,6 +177,8 @@ class Standing(enum.Enum):
     """Whether this acceptor process votes, and if not, why."""
 
     JOINING = "joining"
+    #: An existing database, waiting for a peer to confirm its incarnation.
+    CONFIRMING = "confirming"
     VOTING = "voting"
     WIPED = "wiped"
     RECOVERING = "recovering"
@@ -155,6 +189,8 @@ class Standing(enum.Enum):
 
 STANDING_TO_PB: dict[Standing, pb.AcceptorStatus.ValueType] = {
     Standing.JOINING: pb.ACCEPTOR_STATUS_JOINING,
+    # The proto has no value of its own for it (yet): not voting, waiting for peers.
+    Standing.CONFIRMING: pb.ACCEPTOR_STATUS_JOINING,
     Standing.VOTING: pb.ACCEPTOR_STATUS_VOTING,
     Standing.WIPED: pb.ACCEPTOR_STATUS_WIPED,
     Standing.RECOVERING: pb.ACCEPTOR_STATUS_RECOVERING,
@@ -254,8 +290,16 @@ class IdentityGuard:
             status = Status.VOTING
         if status is Status.JOINING:
             self._set(Standing.JOINING, "waiting for every other acceptor to vouch that it is new")
-        else:
+        elif not self._peers:
             self._set(Standing.VOTING, "")
+        else:
+            # Check first, then vote: this volume may be an old copy of an id
+            # recovered elsewhere (see the module docstring).
+            self._set(
+                Standing.CONFIRMING,
+                "waiting for a peer acceptor to confirm its incarnation before it votes",
+            )
+            await self._confirm_round({}, STARTUP_CHECK_TIMEOUT)
 
     def launch(self) -> None:
         """Start introducing this acceptor to its peers (once the server is up,
@@ -264,6 +308,8 @@ class IdentityGuard:
             return
         if self.standing is Standing.JOINING:
             self._task = asyncio.create_task(self._guarded(self._join), name="identity-join")
+        elif self.standing is Standing.CONFIRMING:
+            self._task = asyncio.create_task(self._guarded(self._confirm), name="identity-confirm")
         elif self.standing is Standing.VOTING:
             self._task = asyncio.create_task(self._guarded(self._watch), name="identity-watch")
 
@@ -330,7 +376,7 @@ class IdentityGuard:
         answers: dict[int, Introduction] = {}
         errors: dict[int, str] = {}
         delay = 0.1
-        last_progress = time.monotonic()
+        last_progress = clock.now()
         while True:
             pending = [p for p in self._peers if p.acceptor_id not in answers]
             replies = await asyncio.gather(*(self._introduce(p, errors) for p in pending))
@@ -381,11 +427,65 @@ class IdentityGuard:
                 await self._watch()
                 return
             self.reason = decision.reason + _why(errors, decision.missing)
-            if time.monotonic() - last_progress >= PROGRESS_INTERVAL:
-                last_progress = time.monotonic()
+            if clock.now() - last_progress >= PROGRESS_INTERVAL:
+                last_progress = clock.now()
                 log.info("acceptor is joining: " + self.reason)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_INTERVAL)
+
+    async def _confirm(self) -> None:
+        """An existing database that no peer has answered yet: keep asking;
+        vote once one confirms, retire if one knows another incarnation."""
+        errors: dict[int, str] = {}
+        delay = 0.1
+        last_progress = clock.now()
+        while self.standing is Standing.CONFIRMING:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_INTERVAL)
+            await self._confirm_round(errors, INTRODUCE_TIMEOUT)
+            if self.standing is Standing.CONFIRMING and (
+                clock.now() - last_progress >= PROGRESS_INTERVAL
+            ):
+                last_progress = clock.now()
+                get_logger().info("acceptor does not vote yet: " + self.reason)
+        if self.standing is Standing.VOTING:
+            await self._announce()
+            await self._watch()
+        # RETIRED: _retire announced it.
+
+    async def _confirm_round(self, errors: dict[int, str], timeout: float) -> None:
+        """Introduce this acceptor to every peer at once and decide: RETIRED,
+        VOTING, or still CONFIRMING (nobody answered)."""
+        replies = await asyncio.gather(
+            *(self._introduce(p, errors, timeout=timeout) for p in self._peers)
+        )
+        answers = {
+            peer.acceptor_id: reply.known_incarnation
+            for peer, reply in zip(self._peers, replies, strict=True)
+            if reply is not None
+        }
+        conflicts = {
+            p: known for p, known in answers.items() if known and known != self.incarnation
+        }
+        if conflicts:
+            await self._retire(conflicts)
+            return
+        if answers:
+            confirmed = sorted(p for p, known in answers.items() if known == self.incarnation)
+            self._set(Standing.VOTING, "")
+            get_logger().info(
+                "acceptor votes: its peers know no other incarnation for it",
+                incarnation=self.incarnation,
+                confirmed_by=confirmed,
+                answered=sorted(answers),
+            )
+            return
+        missing = [p.acceptor_id for p in self._peers]
+        self.reason = (
+            "waiting for a peer acceptor to confirm its incarnation before it votes (no peer "
+            "has answered; it must not vote before one does, in case its id was recovered "
+            "elsewhere)" + _why(errors, missing)
+        )
 
     async def _watch(self) -> None:
         """A voting database: make sure every peer knows this incarnation, and
@@ -429,15 +529,13 @@ class IdentityGuard:
             get_logger().error("could not record that this acceptor retired", error=str(exc))
 
     async def _introduce(
-        self, peer: AcceptorPeer, errors: dict[int, str]
+        self, peer: AcceptorPeer, errors: dict[int, str], timeout: float = INTRODUCE_TIMEOUT
     ) -> pb.IntroduceResponse | None:
         request = pb.IntroduceRequest(
             acceptor_id=self.acceptor_id, cluster_id=self.cluster_id, incarnation=self.incarnation
         )
         try:
-            reply: pb.IntroduceResponse = await peer.stub.Introduce(
-                request, timeout=INTRODUCE_TIMEOUT
-            )
+            reply: pb.IntroduceResponse = await peer.stub.Introduce(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             errors[peer.acceptor_id] = describe_rpc_error(peer.address, exc)
             if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:

@@ -50,7 +50,10 @@ matters). Nothing here raises a raw gRPC error or returns a protobuf message.
 The state machine remembers the last 1000 sequences of each client, and
 refuses an older one as "too old". Keep fewer calls than that of one client
 in flight at once (a few hundred threads sharing a client are fine), or use
-more clients.
+more clients. A refused old sequence may have been applied by an earlier
+attempt, and nobody can tell any more: the call (and :meth:`KvClient.outcome`
+for it) raises :class:`~paxos_service.client.OutcomeUnknownError` at once,
+never "failed". Do not send such a request again as a new one.
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ if TYPE_CHECKING:
 
 #: The prefix of the server's ABORTED message when a command may have been applied.
 OUTCOME_UNKNOWN = "outcome unknown"
+#: Trailing metadata of such an answer: "forgotten" when no retry can tell.
+OUTCOME_METADATA = "paxos-outcome"
+#: Trailing metadata of a watch the server ended: the revision to resume from.
+WATCH_RESUME_METADATA = "paxos-watch-resume-revision"
 #: Backoff between passes over the learner list: doubles from BACKOFF_MIN, capped.
 BACKOFF_MIN = 0.025
 BACKOFF_MAX = 0.5
@@ -107,7 +114,12 @@ _MAX_UINT64 = (1 << 64) - 1
 #: UNAVAILABLE details that prove the request was never acted on: gRPC could
 #: not connect, or the learner found no leader (kv_server: nothing appended).
 #: Any other UNAVAILABLE (a connection lost mid-call) may follow an append.
-_NOT_SENT = ("failed to connect", "dns resolution failed", "no leader accepted")
+_NOT_SENT = (
+    "failed to connect",
+    "dns resolution failed",
+    "no leader accepted",
+    "nothing was appended",  # kv_server: a learner that stopped applying the log
+)
 
 
 # Results ------------------------------------------------------------------
@@ -359,6 +371,16 @@ def _status(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
     return None, str(exc)
 
 
+def _trailing(exc: grpc.RpcError, name: str) -> str | None:
+    """Trailing metadata ``name`` of a failed call, if any."""
+    getter = getattr(exc, "trailing_metadata", None)
+    items = getter() if callable(getter) else None
+    for key, value in items or ():
+        if key == name:
+            return value if isinstance(value, str) else bytes(value).decode(errors="replace")
+    return None
+
+
 def _error(exc: grpc.RpcError, address: str, *, tls: bool = False) -> PaxosError:
     """The typed error for a final gRPC failure at ``address`` (a refused
     TLS handshake is AuthenticationError)."""
@@ -448,6 +470,9 @@ class _Attempts:
         elif code is grpc.StatusCode.ABORTED and OUTCOME_UNKNOWN in details:
             self.maybe_applied = True
             self.last = PaxosError(f"{address}: {details}", code)
+            if _trailing(exc, OUTCOME_METADATA) == "forgotten":
+                # The store forgot the request: no retry can tell. Never "failed".
+                raise self._forgotten(address, details, code)
         elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
             self.maybe_applied = True
             self.last = DeadlineExceededError(f"{address}: {details}", code)
@@ -476,6 +501,19 @@ class _Attempts:
         passes = self.count // n
         pause = min(BACKOFF_MAX, BACKOFF_MIN * 2.0 ** (passes - 1)) * random.uniform(0.5, 1.0)
         return max(0.0, min(pause, self.deadline - time.monotonic()))
+
+    def _forgotten(self, address: str, details: str, code: grpc.StatusCode) -> PaxosError:
+        if self.request_id is None:
+            return PaxosError(f"{address}: {details}", code)
+        cid, seq = self.request_id.client_id, self.request_id.sequence
+        return OutcomeUnknownError(
+            f"outcome unknown: request (client_id={cid}, sequence={seq}) is older than the "
+            f"sequences the store remembers; it may or may not have been applied, and no "
+            f"retry or outcome() can tell ({address}: {details})",
+            code,
+            client_id=cid,
+            sequence=seq,
+        )
 
     def error(self) -> PaxosError:
         """The error for a call whose deadline passed without an answer."""
@@ -540,6 +578,13 @@ class _WatchCursor:
         request.CopyFrom(self._request)
         request.start_revision = self.next_revision
         return request
+
+    def resume_from(self, exc: grpc.RpcError) -> None:
+        """Adopt the revision a server that ended the stream said to resume
+        from (it sent every matching event before it)."""
+        text = _trailing(exc, WATCH_RESUME_METADATA)
+        if text is not None and text.isdigit():
+            self.next_revision = max(self.next_revision, int(text))
 
     def take(self, item: pb.WatchEvent) -> WatchEvent | None:
         event = _watch_event(item)
@@ -678,15 +723,19 @@ class KvClient:
         self, client_id: int, sequence: int, *, timeout: float | None = None
     ) -> Outcome | None:
         """What request ``(client_id, sequence)`` returned if it was applied,
-        else None. The server first puts a barrier through the log, so None is
-        a final answer for an attempt that has already failed or timed out:
-        that request can no longer be applied unless it is sent again."""
+        else None, and None is final: the server first puts a fence for that
+        id through the log, so a copy of the request still in flight (or sent
+        again with the same id) is refused, never applied. To try it again,
+        send it under a new sequence. Raises
+        :class:`~paxos_service.client.OutcomeUnknownError` if the store no
+        longer remembers the sequence (older than the last 1000 of its client):
+        then nobody can tell."""
         request = _outcome_request(client_id, sequence)
 
         def call(stub: pb_grpc.KvServiceStub, remaining: float) -> Outcome | None:
             return _outcome(stub.GetOutcome(request, timeout=remaining))
 
-        return self._call(call, timeout)
+        return self._call(call, timeout, request.request_id)
 
     def watch(self, key: str, *, prefix: bool = False, start_revision: int = 0) -> Watch:
         """Changes to ``key`` (or to every key starting with it, if ``prefix``):
@@ -846,6 +895,7 @@ class Watch:
             except grpc.RpcError as exc:
                 if self._closed.is_set():
                     return
+                cursor.resume_from(exc)
                 failure = _watch_failure(exc, address, tls=client._servers.tls)
             if self._closed.is_set():
                 return
@@ -972,7 +1022,7 @@ class AsyncKvClient:
         async def call(stub: KvServiceAsyncStub, remaining: float) -> Outcome | None:
             return _outcome(await stub.GetOutcome(request, timeout=remaining))
 
-        return await self._call(call, timeout)
+        return await self._call(call, timeout, request.request_id)
 
     def watch(self, key: str, *, prefix: bool = False, start_revision: int = 0) -> AsyncWatch:
         """See :meth:`KvClient.watch`; use ``async with`` / ``async for``, and
@@ -1130,6 +1180,7 @@ class AsyncWatch:
             except grpc.RpcError as exc:
                 if self._closed:
                     return
+                cursor.resume_from(exc)
                 failure = _watch_failure(exc, address, tls=client._servers.tls)
             if self._closed:
                 return

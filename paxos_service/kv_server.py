@@ -10,17 +10,39 @@ Each command carries ``(client_id, sequence)``. A retry with the same pair,
 through any learner, is applied at most once; the state machine answers the
 repeat from memory. Without one, the learner assigns its own.
 
-Status codes: INVALID_ARGUMENT for bad requests; UNAVAILABLE when no leader
-can be reached (nothing was appended: safe to retry); ABORTED with
-"outcome unknown" when the command may or may not have been applied (retry
-with the same request id, or ask GetOutcome).
+Every answer is true. A failure ("failed", "not applied") means the command
+was not applied and never will be; anything else is "outcome unknown":
+
+* INVALID_ARGUMENT: a bad request, or a command the state machine refused
+  (nothing changed, and a later copy is refused the same way).
+* UNAVAILABLE: nothing was appended, so a retry is safe: no proposer would take
+  the command (every attempt was refused by a proposer before appending, with
+  FAILED_PRECONDITION, or could not even connect), or this learner has stopped
+  applying the log (the message says why; try another learner).
+* ABORTED "outcome unknown" (trailing metadata ``paxos-outcome: unknown``): the
+  command may or may not be applied. A transport error once an Append may
+  have reached a proposer (UNAVAILABLE after sending, DEADLINE_EXCEEDED,
+  CANCELLED, a reset connection) is this, never "not appended". Retry with the
+  same request id, or ask GetOutcome.
+* ABORTED "outcome unknown" with ``paxos-outcome: forgotten``: the request's
+  sequence is older than the client's dedup window, so the store cannot tell
+  whether an earlier copy was applied, and never will: retrying cannot tell
+  either. (The client raises OutcomeUnknownError at once.)
+
+GetOutcome appends a fence for the request first (see ``kv/state_machine.py``):
+if the request was applied before the fence, the answer is its result; if not,
+the fence makes sure it never will be, so "not applied" is final. A forgotten
+request is "outcome unknown", as above.
+
+A watch that falls behind (its queue of live events overflowed) ends with
+RESOURCE_EXHAUSTED; the message and the trailing metadata
+``paxos-watch-resume-revision`` give the revision to watch again from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,11 +50,11 @@ from typing import Any
 
 import grpc
 
-from paxos_service import log_entry, metrics, tls
+from paxos_service import clock, log_entry, metrics, tls
 from paxos_service.config import TlsFiles
-from paxos_service.kv.state_machine import Compacted
+from paxos_service.kv.state_machine import MAX_SEQUENCE, Compacted, RequestState, is_forgotten
 from paxos_service.log import get_logger
-from paxos_service.replica import Replica
+from paxos_service.replica import Replica, ReplicaFailed
 from paxos_service.server import bind_request, channel_options
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
@@ -40,6 +62,22 @@ from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 SERVICE_NAME = "paxos_service.v1.KvService"
 LEADER_METADATA = "paxos-leader"
 OUTCOME_UNKNOWN = "outcome unknown"
+#: Trailing metadata on an "outcome unknown" answer: "unknown" (a retry with
+#: the same request id may tell) or "forgotten" (no retry can tell).
+OUTCOME_METADATA = "paxos-outcome"
+#: Trailing metadata of a watch cut off for falling behind: where to resume.
+WATCH_RESUME_METADATA = "paxos-watch-resume-revision"
+#: The start of the UNAVAILABLE message of a learner that stopped applying.
+LEARNER_FAILED = "learner cannot apply the log"
+#: Codes a proposer answers before it appends anything: final, not appended.
+_REFUSED_BEFORE_APPEND = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED,
+)
+#: UNAVAILABLE details that prove the Append never left this learner.
+_NOT_CONNECTED = ("failed to connect", "dns resolution failed")
 DEFAULT_TIMEOUT = 10.0
 MAX_KEY_BYTES = 4096
 
@@ -49,7 +87,10 @@ class OutcomeUnknown(Exception):
 
 
 class NoLeader(Exception):
-    """No proposer would append the command; it was not appended."""
+    """No proposer would append the command; it was not appended. Raised only
+    when every attempt was provably refused: a proposer answered
+    FAILED_PRECONDITION (not the leader, which it says before appending), or
+    the connection could not be made at all."""
 
 
 @dataclass(eq=False)
@@ -98,6 +139,10 @@ class LogAppender:
         self._silent_until: dict[str, float] = {}
         self._probe = 0
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def proposer_stub(self, address: str) -> Any:
+        """The (shared) ProposerService stub for ``address``."""
+        return self._stub(address)
 
     def _stub(self, address: str) -> Any:
         stub = self._stubs.get(address)
@@ -157,7 +202,7 @@ class LogAppender:
         attempt = 0
         last_reason = "no proposer answered"
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - clock.now()
             if remaining <= 0:
                 raise NoLeader(f"no leader accepted the command in time ({last_reason})")
             address = self.leader or self._next_proposer()
@@ -170,34 +215,47 @@ class LogAppender:
                 code = exc.code()
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
                     hint = _metadata(exc, LEADER_METADATA)
-                    if hint and self._silent_until.get(hint, 0.0) > time.monotonic():
+                    if hint and self._silent_until.get(hint, 0.0) > clock.now():
                         hint = None  # a stale view: that one just went silent on us
                     self.leader = str(hint) if hint else None
                     last_reason = f"{address}: {exc.details()}"
                     if not hint:
-                        await asyncio.sleep(min(0.05 * attempt, 0.5))
+                        await asyncio.sleep(self._backoff(attempt, deadline))
                     continue
-                if code == grpc.StatusCode.UNAVAILABLE:
+                details = exc.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE and any(
+                    marker in details.lower() for marker in _NOT_CONNECTED
+                ):
+                    # No connection: the request never left us.
                     self.leader = None
-                    last_reason = f"{address}: {exc.details()}"
+                    last_reason = f"{address}: {details}"
                     if attempt % len(self.proposers) == 0:
-                        await asyncio.sleep(min(0.05 * attempt, 0.5))
+                        await asyncio.sleep(self._backoff(attempt, deadline))
                     continue
-                if code in (grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        # Silent: maybe paused or cut off. Look elsewhere for a while.
-                        self.leader = None
-                        self._silent_until[address] = time.monotonic() + self.SILENT_FOR
-                    raise OutcomeUnknown(f"{address}: {exc.details()}") from None
-                raise
+                if code in _REFUSED_BEFORE_APPEND:
+                    raise  # a final answer: the proposer refused the request
+                # Anything else (ABORTED, DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE
+                # after sending, a reset connection, ...) may have come after the
+                # proposer appended the commands: never "not appended".
+                self.leader = None
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # Silent: maybe paused or cut off. Look elsewhere for a while.
+                    self._silent_until[address] = clock.now() + self.SILENT_FOR
+                raise OutcomeUnknown(f"{address}: {code.name}: {details}") from None
             self.leader = address
             instance: int = response.instance
             return instance
 
+    @staticmethod
+    def _backoff(attempt: int, deadline: float) -> float:
+        """A pause that grows per attempt but never outlasts the deadline
+        (so the caller gets our answer, not its own DEADLINE_EXCEEDED)."""
+        return max(0.0, min(0.05 * attempt, 0.5, deadline - clock.now()))
+
     def _next_proposer(self) -> str:
         """Probe proposers in turn (carrying on where the last probe stopped),
         skipping ones that recently went silent unless all have."""
-        now = time.monotonic()
+        now = clock.now()
         for _ in range(len(self.proposers)):
             address = self.proposers[self._probe % len(self.proposers)]
             self._probe += 1
@@ -284,6 +342,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
     ) -> pb.GetResponse:
         await _check_key(context, request.key)
         if request.stale:
+            await self._check_serving(context)
             kv = await self.replica.run(self.replica.machine.get_local, request.key)
             return pb.GetResponse(
                 found=kv is not None,
@@ -306,6 +365,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
         self, request: pb.RangeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RangeResponse:
         if request.stale:
+            await self._check_serving(context)
             kvs = await self.replica.run(
                 self.replica.machine.range_local, request.prefix, request.limit
             )
@@ -317,23 +377,52 @@ class KvServicer(pb_grpc.KvServiceServicer):
     async def GetOutcome(
         self, request: pb.GetOutcomeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetOutcomeResponse:
+        """Whether request ``(client_id, sequence)`` was applied, and a true
+        answer either way. A fence for the pair goes through the log first
+        (a command with that id and no operation; see ``kv/state_machine.py``):
+
+        * the request was applied before the fence: ``applied`` and its result;
+        * the fence came first: ``applied=false``, and final, because the
+          state machine refuses every later copy of the request (even one
+          still in flight, say in a batch that outlived its client's deadline);
+        * the store forgot the sequence (older than the dedup window):
+          ABORTED "outcome unknown" (``paxos-outcome: forgotten``), never "not
+          applied".
+        """
+        await self._check_serving(context)
         rid = request.request_id
         if rid.client_id == 0 or rid.sequence == 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "request_id needs a client_id and a sequence"
             )
-        # A barrier through the log first: everything appended before this
-        # call is then applied here, so "not applied" is a final answer for
-        # any attempt that had already been acknowledged or had failed.
-        await self._execute(context, self._command(None, get=pb.GetOp(key="\x00barrier")))
-        result = await self.replica.run(self.replica.machine.outcome, rid.client_id, rid.sequence)
-        return pb.GetOutcomeResponse(applied=result is not None, result=result)
+        if rid.sequence > MAX_SEQUENCE:
+            # The state machine refuses such a sequence: it is never applied.
+            return pb.GetOutcomeResponse(applied=False)
+        fence = pb.Command(client_id=rid.client_id, sequence=rid.sequence)
+        bind_request(context, client_id=fence.client_id, sequence=fence.sequence)
+        await self._append_and_apply(context, fence, self._deadline(context))
+        state, result = await self.replica.run(
+            self.replica.machine.lookup, rid.client_id, rid.sequence
+        )
+        if state is RequestState.APPLIED:
+            return pb.GetOutcomeResponse(applied=True, result=result)
+        if state is RequestState.FENCED:
+            return pb.GetOutcomeResponse(applied=False)
+        await _abort_unknown(
+            context,
+            f"request (client_id={rid.client_id}, sequence={rid.sequence}) is older than the "
+            "sequences this store remembers for its client: whether it was applied cannot be "
+            "told any more",
+            forgotten=True,
+        )
+        raise AssertionError("unreachable")
 
     async def Watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchResponse]:
         if not request.key and not request.prefix:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key is required")
+        await self._check_serving(context)
         watcher = self.replica.subscribe(request.key, request.prefix)
         machine = self.replica.machine
         metrics.KV_WATCHERS.inc()
@@ -354,19 +443,31 @@ class KvServicer(pb_grpc.KvServiceServicer):
                 start = _event_revision(events[-1]) + 1
                 yield pb.WatchResponse(events=events, revision=start - 1)
             while True:  # then live changes
+                if watcher.overflowed and watcher.queue.empty():
+                    # Checked before every wait, not only after an event sent:
+                    # a queue that overflowed during the history replay may
+                    # hold only events already sent, and then nothing more
+                    # ever arrives (an overflowed watcher gets no events).
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"watcher fell behind; watch again from revision {start}",
+                        trailing_metadata=((WATCH_RESUME_METADATA, str(start)),),
+                    )
                 item = await watcher.queue.get()
                 if item is None:
+                    if self.replica.failure is not None:
+                        await context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            f"{LEARNER_FAILED}: {self.replica.failure}; watch again from "
+                            f"revision {start} on another learner",
+                            trailing_metadata=((WATCH_RESUME_METADATA, str(start)),),
+                        )
                     return
                 revision, event = item
                 if revision < start:
                     continue
                 start = revision + 1
                 yield pb.WatchResponse(events=[event], revision=revision)
-                if watcher.overflowed and watcher.queue.empty():
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"watcher fell behind; watch again from revision {start}",
-                    )
         finally:
             metrics.KV_WATCHERS.dec()
             self.replica.unsubscribe(watcher)
@@ -391,7 +492,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
                 raise
             except OutcomeUnknown:
                 attempt += 1
-                if time.monotonic() + 0.05 * attempt >= deadline:
+                if clock.now() + 0.05 * attempt >= deadline:
                     raise
                 self._log.info("retrying an append whose outcome is unknown", attempt=attempt)
                 await asyncio.sleep(0.05 * attempt)
@@ -404,10 +505,24 @@ class KvServicer(pb_grpc.KvServiceServicer):
             client_id, sequence = self._client_id, self._sequence
         return pb.Command(client_id=client_id, sequence=sequence, **op)
 
+    async def _check_serving(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        failure = self.replica.failure
+        if failure is not None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{LEARNER_FAILED}: {failure}; nothing was appended: try another learner",
+            )
+
+    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        remaining = context.time_remaining()
+        budget = DEFAULT_TIMEOUT if remaining is None else max(0.0, remaining - 0.05)
+        return clock.now() + budget
+
     async def _execute(
         self, context: grpc.aio.ServicerContext[Any, Any], command: pb.Command
     ) -> pb.CommandResult:
         bind_request(context, client_id=command.client_id, sequence=command.sequence)
+        await self._check_serving(context)
         if command.ByteSize() > self.max_command_bytes:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -418,41 +533,83 @@ class KvServicer(pb_grpc.KvServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "request_id.sequence must be >= 1"
             )
-        remaining = context.time_remaining()
-        budget = DEFAULT_TIMEOUT if remaining is None else max(0.0, remaining - 0.05)
-        deadline = time.monotonic() + budget
+        deadline = self._deadline(context)
         future = self.replica.expect(command.client_id, command.sequence)
         try:
-            instance = await self._append_until_known(command, deadline)
-            await asyncio.wait_for(self.replica.wait_applied(instance), deadline - time.monotonic())
+            await self._append_and_apply(context, command, deadline)
             if future.done():
                 result = future.result()
             else:  # applied before we asked: the state machine remembers it
-                stored = await self.replica.run(
-                    self.replica.machine.outcome, command.client_id, command.sequence
+                state, stored = await self.replica.run(
+                    self.replica.machine.lookup, command.client_id, command.sequence
                 )
-                if stored is None:
-                    await context.abort(grpc.StatusCode.INTERNAL, "applied command has no result")
-                result = stored
-        except NoLeader as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except grpc.aio.AioRpcError as exc:  # a final answer from the proposer
-            await context.abort(exc.code(), f"proposer: {exc.details()}")
-        except OutcomeUnknown as exc:
-            await context.abort(
-                grpc.StatusCode.ABORTED,
-                f"{OUTCOME_UNKNOWN}: {exc}; retry with the same request id or ask GetOutcome",
-            )
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.ABORTED,
-                f"{OUTCOME_UNKNOWN}: appended but not applied here before the deadline",
-            )
+                if state is RequestState.APPLIED and stored is not None:
+                    result = stored
+                elif state is RequestState.FENCED:
+                    result = pb.CommandResult(error=_FENCED)
+                else:
+                    await _abort_unknown(
+                        context, "applied, but this learner no longer remembers the result"
+                    )
         finally:
             self.replica.forget(command.client_id, command.sequence)
         if result.error:
+            if is_forgotten(result):
+                await _abort_unknown(
+                    context,
+                    f"{result.error}; an earlier copy may have been applied, and no retry can "
+                    "tell: do not send it again as a new request",
+                    forgotten=True,
+                )
+            if result.error == _NO_OPERATION and command.WhichOneof("op") is not None:
+                # Our copy of the request found the result of a GetOutcome
+                # fence for the same id: the fence came first in the log.
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FENCED)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.error)
         return result
+
+    async def _append_and_apply(
+        self, context: grpc.aio.ServicerContext[Any, Any], command: pb.Command, deadline: float
+    ) -> None:
+        """Append ``command`` and wait until this learner applied it; abort
+        the call with a true status otherwise (see the module docstring)."""
+        try:
+            instance = await self._append_until_known(command, deadline)
+            await asyncio.wait_for(self.replica.wait_applied(instance), deadline - clock.now())
+        except NoLeader as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except grpc.aio.AioRpcError as exc:  # refused by the proposer before appending
+            await context.abort(exc.code(), f"proposer: {exc.details()}")
+        except OutcomeUnknown as exc:
+            await _abort_unknown(
+                context, f"{exc}; retry with the same request id or ask GetOutcome"
+            )
+        except TimeoutError:
+            await _abort_unknown(context, "appended but not applied here before the deadline")
+        except ReplicaFailed as exc:
+            await _abort_unknown(
+                context,
+                f"appended, but {LEARNER_FAILED} ({exc}); retry with the same request id on "
+                "another learner",
+            )
+
+
+#: What the state machine answers a fence (a command with no operation).
+_NO_OPERATION = "command has no operation"
+_FENCED = (
+    "not applied, and never will be: a GetOutcome for this request id fenced it first "
+    "(send it again under a new sequence)"
+)
+
+
+async def _abort_unknown(
+    context: grpc.aio.ServicerContext[Any, Any], message: str, *, forgotten: bool = False
+) -> None:
+    await context.abort(
+        grpc.StatusCode.ABORTED,
+        f"{OUTCOME_UNKNOWN}: {message}",
+        trailing_metadata=((OUTCOME_METADATA, "forgotten" if forgotten else "unknown"),),
+    )
 
 
 def _metadata(exc: grpc.aio.AioRpcError, name: str) -> str | None:

@@ -4,17 +4,25 @@ It learns from Decide messages sent by proposers. When asked about an instance
 it has not been told about, it asks every acceptor what it accepted and counts
 the votes itself, so a decision is found even if the proposer that made it
 crashed before telling anyone.
+
+A learner is where a violation of Paxos safety becomes visible: when
+:class:`roles.Learner` reports a :class:`roles.Conflict` (two values chosen for
+one instance, by two majorities or a Decide that contradicts what was
+learned), this server logs one critical line naming both, counts it in
+``paxos_learner_conflicts_total``, and turns its health NOT_SERVING for good:
+it no longer knows which value is the truth, and says so instead of serving
+either.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from typing import Any
 
 import grpc
 
-from paxos_service import metrics, operator_server, wire
+from paxos_service import log_entry, metrics, operator_server, runtime, wire
 from paxos_service.config import LearnerConfig
 from paxos_service.kv.state_machine import KvStateMachine
 from paxos_service.kv_server import SERVICE_NAME as KV_SERVICE_NAME
@@ -25,7 +33,7 @@ from paxos_service.replica import Replica
 from paxos_service.server import RoleServer, bind_request, start_server
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
-from roles import Accepted, Learned, Learner, ProtocolError, SafetyViolation
+from roles import Accepted, Conflict, Learned, Learner, ProtocolError
 
 SERVICE_NAME = "paxos_service.v1.LearnerService"
 
@@ -43,6 +51,10 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         #: The replicated log's replica, when this learner serves the KV store.
         self.replica = replica
         self.kv: KvServicer | None = None
+        #: Set once serving: health turns NOT_SERVING on a conflict.
+        self.role_server: RoleServer | None = None
+        #: The conflicts seen so far (normally none, ever).
+        self.conflicts: list[Conflict] = []
         self._log = get_logger()
 
     async def Decide(
@@ -60,12 +72,12 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             return pb.DecideResponse()
         known = self.learner.decision(decide.instance)
         try:
-            self.learner.on_decide(decide)
-        except SafetyViolation as exc:
-            self._log.critical("safety violation", error=str(exc))
-            await context.abort(grpc.StatusCode.INTERNAL, f"safety violation: {exc}")
+            learned = self.learner.on_decide(decide)
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if isinstance(learned, Conflict):
+            await self.report_conflict(learned)
+            await context.abort(grpc.StatusCode.INTERNAL, f"safety violation: {learned.describe()}")
         if known is None:
             metrics.LEARNED_FROM_DECIDE.inc()
         self._log.debug("decided")
@@ -79,17 +91,23 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         bind_request(context, instance=instance)
+        contested = next((c for c in self.conflicts if c.instance == instance), None)
+        if contested is not None:
+            # Either answer may be wrong: say why instead of picking one.
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"safety violation: {contested.describe()}"
+            )
         learned = self.learner.decision(instance)
         if learned is None:
             timeout = self.config.read_timeout
             remaining = context.time_remaining()
             if remaining is not None:
                 timeout = min(timeout, max(0.01, remaining - 0.05))
-            try:
-                learned = await self._ask_acceptors(instance, timeout)
-            except SafetyViolation as exc:
-                self._log.critical("safety violation", error=str(exc))
-                await context.abort(grpc.StatusCode.INTERNAL, f"safety violation: {exc}")
+            learned = await self._ask_acceptors(instance, timeout)
+            if isinstance(learned, Conflict):
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"safety violation: {learned.describe()}"
+                )
             if learned is not None:
                 metrics.LEARNED_FROM_ACCEPTORS.inc()
         if learned is None:
@@ -105,14 +123,39 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         results = await asyncio.gather(
             *(self._read(peer, instance, timeout) for peer in self.acceptors)
         )
-        learned = None
+        learned: Learned | None = None
+        conflict: Conflict | None = None
         for accepted in results:
             if accepted is not None:
                 try:
-                    learned = self.learner.on_accepted(accepted) or learned
+                    outcome = self.learner.on_accepted(accepted)
                 except ProtocolError as exc:
                     self._log.error("bad vote from acceptor", error=str(exc))
+                    continue
+                if isinstance(outcome, Conflict):
+                    conflict = outcome
+                elif outcome is not None:
+                    learned = outcome
+        if conflict is not None:
+            await self.report_conflict(conflict)
+            return conflict
         return learned
+
+    async def report_conflict(self, conflict: Conflict) -> None:
+        """Two values were chosen for one instance: say so loudly (one
+        critical line, a metric) and stop serving for good."""
+        self.conflicts.append(conflict)
+        metrics.LEARNER_CONFLICTS.labels(conflict.source).inc()
+        self._log.critical(
+            "safety violation: two values chosen for one instance; learner stops serving",
+            instance=conflict.instance,
+            ballot=str(conflict.ballot),
+            conflicting_ballot=str(conflict.conflicting_ballot),
+            shown_by=conflict.source,
+            error=conflict.describe(),
+        )
+        if self.role_server is not None:
+            await self.role_server.set_serving(False)
 
     async def _read(self, peer: AcceptorPeer, instance: int, timeout: float) -> Accepted | None:
         try:
@@ -155,7 +198,7 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
     replica: Replica | None = None
     kv: KvServicer | None = None
     if config.db_path is not None:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-store")
+        executor = runtime.storage_executor("kv-store")
         loop = asyncio.get_running_loop()
         machine = await loop.run_in_executor(executor, KvStateMachine.open, config.db_path)
         acceptors = connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
@@ -174,7 +217,34 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
 
     extra = ((KV_SERVICE_NAME,) if kv is not None else ()) + (operator_server.SERVICE_NAME,)
     role = await start_server(config, SERVICE_NAME, register, extra_services=extra)
+    servicer.role_server = role
+    if replica is not None:
+
+        async def apply_failed(_reason: str) -> None:
+            # A learner that cannot apply the log must not look healthy.
+            await role.set_serving(False)
+
+        replica.on_failure = apply_failed
+        replica.repair = functools.partial(_repair, kv.appender if kv is not None else None)
+        if replica.failure is not None:
+            await role.set_serving(False)
     get_logger().info(
         "learner serving", address=config.listen, port=role.port, acceptors=config.acceptors
     )
     return role, servicer
+
+
+async def _repair(appender: LogAppender | None, instance: int) -> bytes | None:
+    """Propose the no-op for ``instance`` through the proposers in turn and
+    return the value chosen there (None if no proposer could say)."""
+    if appender is None:
+        return None
+    request = pb.ProposeRequest(instance=instance, value=log_entry.NOOP)
+    for address in appender.proposers:
+        try:
+            reply = await appender.proposer_stub(address).Propose(request, timeout=3.0)
+        except grpc.aio.AioRpcError as exc:
+            get_logger().debug("repair propose failed", error=describe_rpc_error(address, exc))
+            continue
+        return bytes(reply.value)
+    return None

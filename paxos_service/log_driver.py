@@ -17,13 +17,13 @@ import asyncio
 import functools
 import itertools
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from paxos_service import log_entry, metrics, tls, wire
+from paxos_service import clock as clocks
+from paxos_service import log_entry, metrics, runtime, tls, wire
 from paxos_service.config import ConfigError, ProposerConfig
 from paxos_service.log import get_logger
 from paxos_service.peers import AcceptorPeer, describe_rpc_error
@@ -72,7 +72,7 @@ class LogDriver:
         *,
         leader_config: LeaderConfig | None = None,
         rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clocks.now,
     ) -> None:
         if config.node_id >= len(config.proposers):
             raise ConfigError(
@@ -106,7 +106,7 @@ class LogDriver:
             proposer_id=config.node_id,
             acceptor_ids=frozenset(p.acceptor_id for p in acceptors),
             peer_ids=frozenset(self.peers),
-            rng=rng or random.Random(),
+            rng=rng or runtime.rng(),
             config=self.leader_config,
             encode_batch=log_entry.encode_batch,
             noop_value=log_entry.NOOP,
@@ -331,8 +331,13 @@ class LogDriver:
                     continue  # re-armed: recompute
                 except TimeoutError:
                     pass
-            self._timer_at = float("inf")
-            self._step(self.leader.on_timer, timer=True)
+            # The timer fired, so its time has come, even if the clock reads a
+            # hair earlier (asyncio runs timers due within its resolution).
+            due, self._timer_at = self._timer_at, float("inf")
+            self._step(functools.partial(self._on_timer, due), timer=True)
+
+    def _on_timer(self, due: float, now: float) -> list[LeaderEffect]:
+        return self.leader.on_timer(max(now, due))
 
     async def _send_to_acceptor(self, peer: AcceptorPeer, message: PrepareRange | Accept) -> None:
         timeout = self.leader_config.phase_timeout

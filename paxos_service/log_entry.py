@@ -5,6 +5,13 @@ entries apart from values someone proposed by hand with the single-decree
 ``Propose`` API into an instance the log also uses: such a value is an
 *opaque* entry, which every replica skips the same way, so the two APIs can
 share one instance space without confusing the state machine.
+
+The prefix is reserved: ``Propose`` refuses a value that begins with it
+(:func:`is_reserved`), so no client can hand-make a log entry. A learner still
+never trusts a value to be well formed, and :func:`decode` gives every replica
+the same reading of an odd one: an entry with ``noop`` set is a no-op, whatever
+else it carries (commands in a no-op entry are ignored, never applied), and a
+value with the prefix that does not parse is an opaque entry (a no-op too).
 """
 
 from __future__ import annotations
@@ -44,8 +51,18 @@ def encode_batch(commands: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def is_reserved(value: bytes) -> bool:
+    """Whether ``value`` carries the log's prefix (only the log may propose
+    it). The bare no-op is not reserved: it changes nothing, and a learner
+    proposes it to repair an instance it cannot learn (see replica.py)."""
+    return value.startswith(MAGIC) and value != NOOP
+
+
 def decode(value: bytes) -> pb.LogEntry | None:
-    """The log entry in ``value``, or None for an opaque (hand-proposed) value."""
+    """The log entry in ``value``, or None for an opaque (hand-proposed or
+    unparsable) value. The entry is well formed: a no-op carries no commands
+    (the rule in the module docstring), so its results are exactly one per
+    command it holds."""
     if not value.startswith(MAGIC):
         return None
     entry = pb.LogEntry()
@@ -53,6 +70,8 @@ def decode(value: bytes) -> pb.LogEntry | None:
         entry.ParseFromString(value[len(MAGIC) :])
     except DecodeError:
         return None
+    if entry.noop:
+        return pb.LogEntry(noop=True)
     return entry
 
 

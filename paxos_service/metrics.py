@@ -327,6 +327,20 @@ LEARNER_APPLY_SECONDS = _metric(
     "Duration of applying one log instance to the key-value store (one SQLite transaction).",
     buckets=_LATENCY_BUCKETS,
 )
+LEARNER_APPLY_FAILURES = _metric(
+    Counter,
+    "paxos_learner_apply_failures_total",
+    "Times this learner stopped applying the log after an error (it then serves nothing "
+    "until restarted).",
+)
+LEARNER_CONFLICTS = _metric(
+    Counter,
+    "paxos_learner_conflicts_total",
+    "Times this learner saw two different values chosen for one instance (a safety "
+    "violation), by what showed the second one: decide or accepted (a majority). Any "
+    "increase is a page: the learner has turned NOT_SERVING.",
+    ("source",),
+)
 KV_WATCHERS = _metric(Gauge, "paxos_kv_watchers", "Watch streams open on this learner.")
 KV_APPEND_BATCH = _metric(
     Histogram,

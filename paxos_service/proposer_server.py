@@ -11,14 +11,14 @@ one instance.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from paxos_service import log_entry, metrics, operator_server, tls, wire
+from paxos_service import clock, log_entry, metrics, operator_server, runtime, tls, wire
 from paxos_service.config import ProposerConfig
 from paxos_service.log import get_logger
 from paxos_service.log_driver import LEADER_METADATA, AppendOutcomeUnknown, LogDriver, NotLeader
@@ -69,7 +69,7 @@ class ProposerDriver:
         config: ProposerConfig,
         *,
         rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock.now,
     ) -> None:
         self.config = config
         self.acceptors = connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
@@ -80,7 +80,7 @@ class ProposerDriver:
             for a in config.learners
         ]
         self.role_config = RoleProposerConfig(phase_timeout=config.phase_timeout)
-        self._rng = rng or random.Random()
+        self._rng = rng or runtime.rng()
         self._clock = clock
         #: Per-instance lock and the number of calls holding or awaiting it.
         self._locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
@@ -119,7 +119,9 @@ class ProposerDriver:
             min_round=self._rounds.get(instance, 0),
         )
         inbox: asyncio.Queue[Reply] = asyncio.Queue()
-        in_flight: set[asyncio.Task[None]] = set()
+        # A dict, not a set: tasks are cancelled in the order they were sent
+        # (a set would use memory-address order, and a seed would not replay).
+        in_flight: dict[asyncio.Task[None], None] = {}
         answered: set[int] = set()
         timer_at = deadline
         stats = metrics.SINGLE_DECREE
@@ -144,8 +146,8 @@ class ProposerDriver:
                             task = asyncio.create_task(
                                 self._send(peer, effect.message, inbox, answered, deadline)
                             )
-                            in_flight.add(task)
-                            task.add_done_callback(in_flight.discard)
+                            in_flight[task] = None
+                            task.add_done_callback(functools.partial(in_flight.pop))
                     elif isinstance(effect, SetTimer):
                         timer_at = effect.at
                     elif isinstance(effect, Chosen):
@@ -162,7 +164,10 @@ class ProposerDriver:
                         inbox.get(), timeout=max(0.0, timer_at - self._clock())
                     )
                 except TimeoutError:
-                    effects = proposer.on_timer(self._clock())
+                    # Our timer fired, so its time has come, even if the clock
+                    # reads a hair earlier (asyncio runs timers due within its
+                    # resolution): otherwise we would wait 0 s again, and spin.
+                    effects = proposer.on_timer(max(self._clock(), timer_at))
                     continue
                 phase = proposer.phase
                 try:
@@ -175,7 +180,7 @@ class ProposerDriver:
                     if proposer.phase is Phase.BACKING_OFF and phase is not Phase.BACKING_OFF:
                         stats.preemptions.inc()  # a higher ballot: retry above it
         finally:
-            for task in in_flight:
+            for task in list(in_flight):
                 task.cancel()
 
     async def _send(
@@ -271,6 +276,14 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             value = wire.check_value(request.value, config.max_value_bytes)
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if log_entry.is_reserved(value):
+            # Learners decode such a value as a log entry: a client could inject
+            # commands (or a malformed entry) into the replicated log.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a value must not begin with {log_entry.MAGIC!r}: that prefix is reserved for "
+                "the replicated log's entries (use the KvService, or Append, to add to the log)",
+            )
         bind_request(context, instance=instance)
         budget = config.propose_timeout
         remaining = context.time_remaining()
@@ -278,7 +291,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             budget = min(budget, remaining - _DEADLINE_MARGIN)
         if budget <= 0:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline too short to propose")
-        deadline = time.monotonic() + budget
+        deadline = clock.now() + budget
         try:
             chosen = await self.driver.propose(instance, value, deadline)
         except QuorumUnavailable as exc:
@@ -314,11 +327,14 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
         if remaining is not None:
             budget = min(budget, remaining - _DEADLINE_MARGIN)
         try:
-            instance = await log.append(commands, time.monotonic() + budget)
+            instance = await log.append(commands, clock.now() + budget)
         except NotLeader as exc:
-            if exc.leader_address is None:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            context.set_trailing_metadata(((LEADER_METADATA, exc.leader_address),))
+            # FAILED_PRECONDITION is the one answer that proves the commands were
+            # not appended (NotLeader is raised before any is given an
+            # instance): a learner may then say "not appended" and retry. Any
+            # other failure of an Append is "outcome unknown" to the caller.
+            if exc.leader_address is not None:
+                context.set_trailing_metadata(((LEADER_METADATA, exc.leader_address),))
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except AppendOutcomeUnknown as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"outcome unknown: {exc}")

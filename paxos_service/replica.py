@@ -11,6 +11,20 @@ proposals from every acceptor and counts votes per ballot with a fresh
 :class:`roles.Learner`; an instance a majority accepted under one ballot is
 chosen. If no majority is visible yet (acceptors moved on to re-proposals
 under different ballots), the current leader's retransmissions will make one.
+
+Failure. If applying fails (a storage error, a bug), the replica stops for
+good, loudly: it logs the reason (critical), counts it in
+``paxos_learner_apply_failures_total``, sets :attr:`Replica.failure`, wakes
+every request waiting for an instance (they raise :class:`ReplicaFailed`),
+ends every watch, and calls :attr:`Replica.on_failure` (the server turns its
+health to NOT_SERVING there). Like etcd's raft after a storage error, it never
+guesses: a restart re-opens the file and resumes from the last committed
+entry. Either background task ending for any reason but :meth:`Replica.stop`
+is such a failure too; neither can die silently.
+
+Odd entries do not stop it: every value is read by :func:`log_entry.decode`,
+whose one rule every replica applies alike (an opaque or unparsable value, and
+an entry marked no-op whatever it carries, is a no-op).
 """
 
 from __future__ import annotations
@@ -18,14 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from paxos_service import log_entry, metrics, wire
+from paxos_service import clock, log_entry, metrics, wire
 from paxos_service.kv.state_machine import KvStateMachine
 from paxos_service.log import get_logger
 from paxos_service.peers import AcceptorPeer, describe_rpc_error
@@ -36,11 +50,18 @@ from roles import Accepted, Learner, ProtocolError
 CATCH_UP_DELAY = 0.2
 #: How often to look for decisions even when nothing seems missing.
 POLL_INTERVAL = 1.0
+#: How long an instance below a decided one may stay unlearnable from the
+#: acceptors before the learner runs Paxos on it (see Replica._repair).
+REPAIR_AFTER = 1.0
 CATCH_UP_BATCH = 500
 #: Decided entries applied in one state machine transaction at most.
 APPLY_BATCH = 64
 #: Events a watcher may have queued before it is cut off as too slow.
 WATCH_QUEUE_LIMIT = 10_000
+
+
+class ReplicaFailed(Exception):
+    """The replica stopped applying the log; ``str(exc)`` says why."""
 
 
 @dataclass(eq=False)
@@ -61,7 +82,7 @@ class Replica:
         self,
         machine: KvStateMachine,
         acceptors: list[AcceptorPeer],
-        executor: ThreadPoolExecutor,
+        executor: Executor,
     ) -> None:
         self.machine = machine
         self.acceptors = acceptors
@@ -75,6 +96,15 @@ class Replica:
         self._wakeup = asyncio.Event()
         self._watchers: set[Watcher] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        #: Why this replica stopped applying the log, or None while it works.
+        self.failure: str | None = None
+        #: Called once, with the reason, when the replica fails (health wiring).
+        self.on_failure: Callable[[str], Awaitable[None]] | None = None
+        self._failing: set[asyncio.Task[None]] = set()
+        #: Runs a Paxos round on an instance through a proposer and returns
+        #: the value chosen there (see :meth:`_repair`); None: no repairs.
+        self.repair: Callable[[int], Awaitable[bytes | None]] | None = None
         self._log = get_logger()
         metrics.LEARNER_APPLIED.set(self.applied_instance)
         self._note_progress()
@@ -86,11 +116,15 @@ class Replica:
             asyncio.create_task(self._apply_loop(), name="replica-apply"),
             asyncio.create_task(self._catch_up_loop(), name="replica-catch-up"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._failing, return_exceptions=True)
         for watcher in list(self._watchers):
             # Tell live watch streams to end (a full queue ends on overflow anyway).
             with contextlib.suppress(asyncio.QueueFull):
@@ -123,9 +157,14 @@ class Replica:
         self._waiters.pop((client_id, sequence), None)
 
     async def wait_applied(self, instance: int) -> None:
-        """Return once every instance up to ``instance`` is applied."""
+        """Return once every instance up to ``instance`` is applied. Raises
+        :class:`ReplicaFailed` if the replica fails before that."""
         async with self._applied_changed:
-            await self._applied_changed.wait_for(lambda: self.applied_instance >= instance)
+            await self._applied_changed.wait_for(
+                lambda: self.applied_instance >= instance or self.failure is not None
+            )
+        if self.applied_instance < instance:
+            raise ReplicaFailed(self.failure)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a state machine call on its thread (all calls are serialised)."""
@@ -149,7 +188,53 @@ class Replica:
 
     # Applying -------------------------------------------------------------
 
+    async def fail(self, reason: str) -> None:
+        """Stop for good (see the module docstring). Idempotent."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        metrics.LEARNER_APPLY_FAILURES.inc()
+        self._log.critical(
+            "learner stopped applying the log; restart it",
+            error=reason,
+            applied_instance=self.applied_instance,
+        )
+        async with self._applied_changed:
+            self._applied_changed.notify_all()
+        for watcher in list(self._watchers):
+            with contextlib.suppress(asyncio.QueueFull):
+                watcher.queue.put_nowait(None)
+        if self.on_failure is not None:
+            try:
+                await self.on_failure(reason)
+            except Exception as exc:  # the failure itself is already recorded
+                self._log.error("on_failure callback failed", error=repr(exc))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """No background task ends silently: any end but stop() is a failure."""
+        if task.cancelled() and self._stopping:
+            return
+        if task.cancelled():
+            reason = f"{task.get_name()} was cancelled"
+        elif (exc := task.exception()) is not None:
+            reason = f"{task.get_name()} crashed: {exc!r}"
+        else:
+            reason = f"{task.get_name()} ended"
+        if self.failure is None and not self._stopping:
+            failing = asyncio.get_running_loop().create_task(self.fail(reason))
+            self._failing.add(failing)
+            failing.add_done_callback(self._failing.discard)
+        elif self.failure is None:
+            self._log.critical("replica task ended while stopping", error=reason)
+
     async def _apply_loop(self) -> None:
+        try:
+            await self._apply_forever()
+        except Exception as exc:
+            self._log.exception("applying the log failed")
+            await self.fail(f"applying instance {self.applied_instance + 1} failed: {exc!r}")
+
+    async def _apply_forever(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -198,12 +283,11 @@ class Replica:
     # Catching up ----------------------------------------------------------
 
     async def _catch_up_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         missing_since: float | None = None
         last_poll = 0.0
         while True:
             await asyncio.sleep(CATCH_UP_DELAY / 2)
-            now = loop.time()
+            now = clock.now()
             stuck = self.highest_decided > self.applied_instance and (
                 self.applied_instance + 1 not in self._pending
             )
@@ -216,11 +300,36 @@ class Replica:
                 last_poll = now
                 try:
                     found = await self.catch_up()
+                    if (
+                        not found
+                        and missing_since is not None
+                        and now - missing_since >= REPAIR_AFTER
+                    ):
+                        found = await self._repair(self.applied_instance + 1)
                 except Exception as exc:  # keep the loop alive, say why
                     self._log.warning("catch-up failed", error=repr(exc))
                     continue
                 if found:
                     missing_since = None
+
+    async def _repair(self, instance: int) -> int:
+        """Learn ``instance`` by running Paxos on it: a later instance is
+        decided, yet no majority of acceptors holds one ballot's value here
+        (a new leader re-proposed it to a minority, then learned from a peer
+        that it was chosen, and never touched it again), so reading the
+        acceptors can never settle it. A Propose of the no-op through a
+        proposer does: its phase 1 finds the chosen value, if any, and phase 2
+        gets it accepted by a majority under one ballot; if nothing was
+        chosen, the no-op fills the hole. Either way the answer is the value
+        chosen for ``instance``. Returns 1 if it learned it."""
+        if self.repair is None or instance <= self.applied_instance:
+            return 0
+        value = await self.repair(instance)
+        if value is None:
+            return 0
+        self._log.info("repaired an instance no majority could show", instance=instance)
+        self.on_decided(instance, value, found=True)
+        return 1
 
     async def catch_up(self) -> int:
         """Read accepted proposals after the applied instance from every

@@ -14,6 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from paxos_service import runtime
 from paxos_service.config import ServerConfig
 from paxos_service.log import get_logger, request_id_from
 
@@ -85,8 +86,16 @@ async def start_server(
     extra_services: tuple[str, ...] = (),
 ) -> RoleServer:
     """Build, bind and start a server exposing ``service_name`` plus health and
-    reflection. Raises :class:`BindError` when the address cannot be bound."""
+    reflection. Raises :class:`BindError` when the address cannot be bound.
+    In the simulation, the simulated network listens instead."""
     from paxos_service import metrics, tls
+
+    simulated = runtime.current()
+    if simulated is not None:
+        role: RoleServer = await simulated.serve(
+            config, service_name, register, serving=serving, extra_services=extra_services
+        )
+        return role
 
     # Counting every RPC costs a few per cent of CPU: only when someone can read it.
     counting = metrics.server_interceptors() if config.metrics_listen is not None else []

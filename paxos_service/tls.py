@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
+from paxos_service import runtime
 from paxos_service.config import ConfigError, TlsFiles
 
 if TYPE_CHECKING:
@@ -264,7 +265,12 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
 def aio_channel(
     address: str, files: TlsFiles | None, options: list[tuple[str, Any]] | None = None
 ) -> grpc.aio.Channel:
-    """An asyncio channel to ``address``: TLS with ``files``, plaintext without."""
+    """An asyncio channel to ``address``: TLS with ``files``, plaintext without
+    (in the simulation, the simulated network's; see :mod:`paxos_service.runtime`)."""
+    simulated = runtime.current()
+    if simulated is not None:
+        channel: grpc.aio.Channel = simulated.channel(address, options)
+        return channel
     if files is None:
         return grpc.aio.insecure_channel(address, options=options)
     return grpc.aio.secure_channel(address, channel_credentials(files), options=options)

@@ -35,7 +35,7 @@ from roles.leader import (
     SendToAcceptors,
     SteppedDown,
 )
-from roles.learner import Learned, Learner
+from roles.learner import Conflict, Learned, Learner
 from roles.messages import (
     Accept,
     Accepted,
@@ -73,6 +73,7 @@ __all__ = [
     "BecameLeader",
     "Broadcast",
     "Chosen",
+    "Conflict",
     "Decide",
     "Effect",
     "GaveUp",

@@ -401,7 +401,11 @@ class Leader:
 
     def on_timer(self, now: float) -> list[LeaderEffect]:
         if now < self._timer_at:
-            return []
+            # Early (an event loop may fire a timer up to its clock resolution
+            # before the time asked, and float rounding does the rest): the
+            # caller has used its timer up, so ask for the same one again.
+            # Returning nothing here left a leader with no timer, for good.
+            return [SetTimer(self._timer_at)] if self._timer_at != _NEVER else []
         effects: list[LeaderEffect] = []
         if self._role is Role.FOLLOWER:
             if now >= self._election_at:

@@ -163,8 +163,12 @@ class Proposer:
 
     def on_timer(self, now: float) -> list[Effect]:
         """The time requested by the last :class:`SetTimer` may have come."""
-        if self.phase in _FINISHED or now < self._timer_at:
+        if self.phase in _FINISHED:
             return []
+        if now < self._timer_at:
+            # Early, or the caller's timer is older than ours: say when again,
+            # so that it waits instead of calling back at once (a busy loop).
+            return [SetTimer(self._timer_at)]
         if now >= self.deadline:
             if self.phase is not Phase.BACKING_OFF:
                 self._last_failure = self._waiting_for()

@@ -16,9 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from paxos_service.broken_acceptor import ENV_VAR as BROKEN_ENV
-from paxos_service.broken_acceptor import MODES as BROKEN_MODES
-from paxos_service.chaos.harness import HarnessError, NotRootError
+from paxos_service.chaos.harness import BROKEN_ACCEPTOR_MODES as BROKEN_MODES
+from paxos_service.chaos.harness import BROKEN_ACCEPTOR_MODULE, HarnessError, NotRootError
 from paxos_service.chaos.nemesis import FAULT_KINDS
 from paxos_service.chaos.run import RunConfig, run_chaos
 
@@ -84,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BROKEN_MODES,
         default=None,
         metavar="MODE",
-        help="TEST ONLY: run acceptors deliberately broken (sets "
-        f"{BROKEN_ENV}=MODE for them; modes: {', '.join(BROKEN_MODES)}) to prove the "
-        "checkers catch it: such a run should exit 1",
+        help="TEST ONLY: run acceptors deliberately broken (started as "
+        f"`python -m {BROKEN_ACCEPTOR_MODULE} --mode MODE ...`; modes: "
+        f"{', '.join(BROKEN_MODES)}) to prove the checkers catch it: such a run should exit 1",
     )
     p.add_argument(
         "--broken-acceptors",

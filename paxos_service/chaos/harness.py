@@ -38,8 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paxos_service.broken_acceptor import ENV_VAR as BROKEN_ACCEPTOR_ENV
-
 #: The run's private subnet. It exists only inside the namespaces a run creates.
 SUBNET = "10.77.0"
 HUB_IP = f"{SUBNET}.1"
@@ -57,6 +55,12 @@ REQUIRED_COMMANDS |= {"fiu-ctrl": "fiu-utils", "mount": "mount", "faketime": "fa
 
 #: The directory holding the ``paxos_service`` package the controller runs.
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
+#: Test only: the entry point that runs a deliberately broken acceptor
+#: (paxos_testing/broken_acceptor.py, in the source tree, never in the wheel).
+#: Started by module name: the product never imports paxos_testing.
+BROKEN_ACCEPTOR_MODULE = "paxos_testing.broken_acceptor"
+#: Its modes (checked again by the entry point itself).
+BROKEN_ACCEPTOR_MODES = ("promise-lower",)
 
 #: Where each run records what it made, until it has cleaned it up.
 MANIFEST_DIR = Path("/run/paxos-chaos")
@@ -196,8 +200,10 @@ class Node:
     under_fiu: bool = False
     #: A libfaketime timestamp file ("+<seconds>"): the node's clock offset.
     clock_file: Path | None = None
-    #: Extra environment (the test-only broken-acceptor switch).
+    #: Extra environment.
     env: dict[str, str] = field(default_factory=dict)
+    #: Test only: the broken-acceptor mode this acceptor runs in, or None.
+    broken_mode: str | None = None
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     paused: bool = False
@@ -224,6 +230,17 @@ class Node:
         return self.log_dir / f"{self.name}.{self.starts}.log"
 
 
+def broken_acceptor_argv(python: str, mode: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` (``python -m paxos_service acceptor ARGS``) as the same acceptor
+    started through the test-only broken-acceptor entry point."""
+    prefix = [python, "-m", "paxos_service", "acceptor"]
+    if list(argv[:4]) != prefix:
+        raise HarnessError(f"not an acceptor command: {shlex.join(argv)}")
+    if mode not in BROKEN_ACCEPTOR_MODES:
+        raise HarnessError(f"{mode!r} is not a broken-acceptor mode: {BROKEN_ACCEPTOR_MODES}")
+    return [python, "-m", BROKEN_ACCEPTOR_MODULE, "--mode", mode, *argv[4:]]
+
+
 class Harness:
     """Builds the network, runs the nodes, and tears everything down."""
 
@@ -240,7 +257,8 @@ class Harness:
         #: Run every proposer under libfaketime, so the nemesis can jump its clock.
         self.fake_clocks = fake_clocks
         #: Test only: run the first ``broken_acceptors`` acceptors (all if None)
-        #: deliberately broken in this mode (see paxos_service/broken_acceptor.py).
+        #: deliberately broken in this mode, through the test-only entry point
+        #: ``python -m paxos_testing.broken_acceptor`` (see paxos_testing/broken_acceptor.py).
         self.broken_acceptor = broken_acceptor
         self.broken_acceptors = broken_acceptors
         self.prefix = prefix or f"cx{os.getpid()}"
@@ -294,7 +312,8 @@ class Harness:
                 node.clock_file = self.workdir / "clock" / f"{node.name}.faketime"
             broken = self.broken_acceptors if self.broken_acceptors is not None else acceptors
             if role == "acceptor" and self.broken_acceptor and i < broken:
-                node.env[BROKEN_ACCEPTOR_ENV] = self.broken_acceptor
+                node.broken_mode = self.broken_acceptor
+                node.argv = broken_acceptor_argv(python, self.broken_acceptor, argv)
             self.nodes[node.name] = node
 
     def create(self) -> None:

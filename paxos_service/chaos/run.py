@@ -27,9 +27,9 @@ from typing import Any
 
 import grpc
 
-from paxos_service.broken_acceptor import ENV_VAR as BROKEN_ACCEPTOR_ENV
 from paxos_service.chaos import checkers, report, timeline
 from paxos_service.chaos.harness import (
+    BROKEN_ACCEPTOR_MODULE,
     Harness,
     HarnessError,
     ensure_tools,
@@ -70,7 +70,7 @@ class RunConfig:
     #: The exact command that replays this run (printed and saved).
     replay: str = ""
     progress: bool = True
-    #: Test only: a broken-acceptor mode (paxos_service/broken_acceptor.py) for
+    #: Test only: a broken-acceptor mode (paxos_testing/broken_acceptor.py) for
     #: the first ``broken_acceptors`` acceptors (None: all). Such a run should fail.
     broken_acceptor: str | None = None
     broken_acceptors: int | None = None
@@ -104,11 +104,12 @@ def run_chaos(config: RunConfig) -> Outcome:
         broken_acceptors=config.broken_acceptors,
     )
     harness.plan()
-    broken = sorted(n.name for n in harness.nodes.values() if BROKEN_ACCEPTOR_ENV in n.env)
+    broken = sorted(n.name for n in harness.nodes.values() if n.broken_mode is not None)
     if broken:
         notes.append(
             f"TEST ONLY: {', '.join(broken)} ran deliberately broken "
-            f"({BROKEN_ACCEPTOR_ENV}={config.broken_acceptor}): a violation is expected"
+            f"(python -m {BROKEN_ACCEPTOR_MODULE} --mode {config.broken_acceptor}): "
+            "a violation is expected"
         )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     say = _progress(config.progress)

@@ -18,7 +18,10 @@ its commands, its history events, its exactly-once memory and the new
 ``applied_instance`` are committed in one SQLite transaction (WAL,
 ``synchronous=FULL``), so after a crash the file holds all of the entry or none
 of it, and a restarted learner resumes at ``applied_instance + 1``. A no-op
-entry (``noop`` set, or no commands) only advances ``applied_instance``.
+entry (``noop`` set, or no commands) only advances ``applied_instance``: the
+commands of an entry with ``noop`` set are ignored, never applied, and it has
+no results (``log_entry.decode`` drops them, so that a learner's results line
+up with the commands it delivers).
 
 Failure. Any error while applying (an I/O error, a full disk, a bug) rolls the
 transaction back and leaves this object unusable: it raises
@@ -65,9 +68,21 @@ protection": the command is applied every time. Otherwise:
   order. The state machine remembers, per client, the sequences within
   :data:`DEDUP_WINDOW` of the highest one applied: with highest ``h``, a
   sequence ``s <= h - DEDUP_WINDOW`` gets the error "sequence ... too old" and
-  changes nothing, whether or not it was applied. A client must therefore keep
+  changes nothing, whether or not it was applied. That error does *not* mean
+  "failed": an earlier copy may have been applied, and the store no longer
+  knows. :func:`is_forgotten` recognises it, and a server must answer it as
+  "outcome unknown", never as a failure (:meth:`KvStateMachine.lookup` says
+  ``FORGOTTEN`` for such a request). A client must therefore keep
   fewer than ``DEDUP_WINDOW`` sequence numbers between its oldest outstanding
   request and its newest.
+* A fence is a command with a ``client_id`` and no operation. It claims
+  ``(client_id, sequence)`` like any command (stored, with the digest of "no
+  operation", and answered with the error "command has no operation"), so a
+  command with that pair that comes later in the log is refused as "already
+  used for a different command" and never applied. ``GetOutcome`` appends one
+  before it answers: if the request was applied first, its result is stored;
+  if the fence was first, the request will never be applied, and "not
+  applied" is final (:meth:`KvStateMachine.lookup` says ``FENCED``).
 * Sequences must be below 2**63.
 * Garbage collection: a client with no command in the last
   :data:`CLIENT_IDLE_INSTANCES` log instances is forgotten when the entry at
@@ -94,9 +109,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import enum
 import functools
 import hashlib
 import json
+import re
 import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -242,6 +259,20 @@ class Compacted(Exception):
 
 class InvalidSnapshot(ValueError):
     """The bytes given to ``restore`` are not a usable snapshot of this store."""
+
+
+class RequestState(enum.Enum):
+    """What the store knows of one ``(client_id, sequence)``."""
+
+    #: Applied; its result is stored.
+    APPLIED = "applied"
+    #: A fence claimed it first: it was not applied and never will be.
+    FENCED = "fenced"
+    #: Older than the client's dedup window: it may or may not have been
+    #: applied, and the store cannot tell any more ("outcome unknown").
+    FORGOTTEN = "forgotten"
+    #: Nothing stored: never applied so far (or its client was forgotten as idle).
+    ABSENT = "absent"
 
 
 class StateMachine(Protocol):
@@ -403,10 +434,34 @@ class KvStateMachine:
         with self._transaction() as conn:
             return _select_range(conn, prefix, _cap(limit))
 
+    def lookup(self, client_id: int, sequence: int) -> tuple[RequestState, pb.CommandResult | None]:
+        """What this replica knows of request ``(client_id, sequence)``, and
+        the stored result if it is APPLIED or FENCED. ``ABSENT`` is not final
+        (the request may still come through the log): only a fence applied
+        through the log makes "not applied" final."""
+        if client_id == 0 or not 0 <= sequence <= MAX_SEQUENCE or client_id >= 1 << 64:
+            return RequestState.ABSENT, None
+        client = client_to_db(client_id)
+        with self._transaction() as conn:
+            row = conn.execute(
+                select(kv_requests.c.digest, kv_requests.c.result).where(
+                    kv_requests.c.client_id == client, kv_requests.c.sequence == sequence
+                )
+            ).first()
+            highest = conn.execute(
+                select(kv_clients.c.max_sequence).where(kv_clients.c.client_id == client)
+            ).scalar()
+        if row is not None:
+            state = RequestState.FENCED if row.digest == _FENCE_DIGEST else RequestState.APPLIED
+            return state, pb.CommandResult.FromString(row.result)
+        if highest is not None and sequence <= highest - self.limits.dedup_window:
+            return RequestState.FORGOTTEN, None
+        return RequestState.ABSENT, None
+
     def outcome(self, client_id: int, sequence: int) -> pb.CommandResult | None:
         """The stored result of request ``(client_id, sequence)``, or None if
-        this replica has not applied it or no longer remembers it (a retry of a
-        forgotten request is rejected as too old, so retrying is safe)."""
+        this replica has not applied it or no longer remembers it. A fence's
+        result is stored too; :meth:`lookup` tells the cases apart."""
         if client_id == 0 or not 0 <= sequence <= MAX_SEQUENCE or client_id >= 1 << 64:
             return None
         with self._transaction() as conn:
@@ -661,19 +716,22 @@ class _Batch:
         if client is not None:
             client.last_instance = self._instance
             self._dirty_clients[client_id] = None
-            if sequence <= client.max_sequence - self._limits.dedup_window:
-                return self._error(
-                    f"sequence {sequence} of client {command.client_id} is too old: only "
-                    f"sequences above {client.max_sequence - self._limits.dedup_window} "
-                    f"are remembered"
-                )
+            bound = client.max_sequence - self._limits.dedup_window
+            if sequence <= bound:
+                return self._error(_too_old(sequence, command.client_id, bound))
         digest = _digest(command)
         stored = self._request(client_id, sequence)
         if stored is not None:
             if stored[0] != digest:
+                fenced = (
+                    ' (by a GetOutcome fence, which answered "not applied": this request '
+                    "will never be applied; send it again under a new sequence)"
+                    if stored[0] == _FENCE_DIGEST
+                    else ""
+                )
                 return self._error(
                     f"sequence {sequence} of client {command.client_id} was already used "
-                    "for a different command"
+                    f"for a different command{fenced}"
                 )
             return pb.CommandResult.FromString(stored[1])
         result = self._execute(command)
@@ -948,6 +1006,25 @@ def _digest(command: pb.Command) -> bytes:
     return digest.digest()
 
 
+#: The digest of a fence (a command with no operation).
+_FENCE_DIGEST = _digest(pb.Command())
+
+_TOO_OLD = re.compile(r"sequence \d+ of client \d+ is too old: ")
+
+
+def _too_old(sequence: int, client_id: int, bound: int) -> str:
+    return (
+        f"sequence {sequence} of client {client_id} is too old: only "
+        f"sequences above {bound} are remembered"
+    )
+
+
+def is_forgotten(result: pb.CommandResult) -> bool:
+    """Whether ``result`` is the "too old" refusal: the store forgot the
+    request, so whether an earlier copy was applied is unknown (not "failed")."""
+    return _TOO_OLD.match(result.error) is not None
+
+
 def _cap(limit: int) -> int:
     return limit if 0 < limit <= RANGE_LIMIT else RANGE_LIMIT
 
@@ -1139,5 +1216,7 @@ __all__ = [
     "EntryOutOfOrder",
     "InvalidSnapshot",
     "KvStateMachine",
+    "RequestState",
     "StateMachine",
+    "is_forgotten",
 ]

@@ -2,10 +2,11 @@
 catch a real unsafe cluster, not only fabricated observations
 (test_checkers.py does those).
 
-The broken acceptor (paxos_service/broken_acceptor.py) ignores its promises:
-it promises and accepts ballots below the one it promised. It is switched on
-only by the test-only environment variable PAXOS_TEST_BROKEN_ACCEPTOR, which
-``--broken-acceptor promise-lower`` sets for the acceptors.
+The broken acceptor (paxos_testing/broken_acceptor.py) ignores its promises:
+it promises and accepts ballots below the one it promised. It is test tooling,
+not in the product: ``--broken-acceptor promise-lower`` makes the harness
+start those acceptors as ``python -m paxos_testing.broken_acceptor --mode
+promise-lower ARGS`` instead of ``python -m paxos_service acceptor ARGS``.
 
 The real run is exactly the CI-sized run of test_chaos_short.py (which passes
 with correct acceptors), plus the flag. Its first fault is a split brain: the
@@ -26,10 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from paxos_service import broken_acceptor
 from paxos_service.chaos import cli
-from paxos_service.chaos.harness import Harness
-from paxos_service.config import ConfigError
+from paxos_service.chaos.harness import BROKEN_ACCEPTOR_MODES, Harness
+from paxos_testing import broken_acceptor
 from roles import (
     Accept,
     Accepted,
@@ -59,18 +59,43 @@ PROMISED = AcceptorState(promised_ballot=HIGH)
 # -- the broken acceptor itself (no root needed) ---------------------------------
 
 
-def test_it_is_off_unless_the_variable_is_set() -> None:
-    correct = Acceptor(0)
-    assert broken_acceptor.from_env(correct, {}) is correct
-    assert broken_acceptor.from_env(correct, {broken_acceptor.ENV_VAR: ""}) is correct
-    with pytest.raises(ConfigError, match="not a broken-acceptor mode"):
-        broken_acceptor.from_env(correct, {broken_acceptor.ENV_VAR: "promise-lowr"})
+def test_the_entry_point_takes_the_acceptor_arguments() -> None:
+    assert broken_acceptor.acceptor_argv(["--mode", "promise-lower", "--id", "0"]) == (
+        "promise-lower",
+        ["acceptor", "--id", "0"],
+    )
+    assert broken_acceptor.acceptor_argv(["--mode", "promise-lower", "acceptor", "--id", "1"])[
+        1
+    ] == ["acceptor", "--id", "1"]
+    with pytest.raises(SystemExit):
+        broken_acceptor.acceptor_argv(["--mode", "promise-lowr", "--id", "0"])
+    with pytest.raises(SystemExit):
+        broken_acceptor.acceptor_argv(["--id", "0"])  # no mode: no silent correct run
+    with pytest.raises(SystemExit):
+        broken_acceptor.acceptor_argv(["--mode", "promise-lower", "acceptor", "recover"])
+    # The harness (inside paxos_service, which may not import paxos_testing) knows the modes.
+    assert BROKEN_ACCEPTOR_MODES == broken_acceptor.MODES
+
+
+def test_install_breaks_every_acceptor_and_can_be_undone() -> None:
+    made: list[int] = []
+    uninstall = broken_acceptor.install(
+        "promise-lower", on_create=lambda a: made.append(a.acceptor_id)
+    )
+    try:
+        acceptor = Acceptor(3)
+        assert made == [3]
+        step = acceptor.on_accept(PROMISED, Accept(5, LOW, b"x"))
+        assert step.reply == Accepted(5, LOW, 3, b"x")
+    finally:
+        uninstall()
+    assert isinstance(Acceptor(3).on_accept(PROMISED, Accept(5, LOW, b"x")).reply, Reject)
+    assert made == [3]
 
 
 def test_promise_lower_accepts_and_promises_below_its_promise() -> None:
     correct = Acceptor(0)
-    broken = broken_acceptor.from_env(Acceptor(0), {broken_acceptor.ENV_VAR: "promise-lower"})
-    assert isinstance(broken, broken_acceptor.PromiseIgnoringAcceptor)
+    broken = broken_acceptor.PromiseIgnoringAcceptor(0)
 
     # A correct acceptor holds a leader with a lower ballot to its promise...
     assert isinstance(correct.on_accept(PROMISED, Accept(5, LOW, b"x")).reply, Reject)
@@ -103,17 +128,30 @@ def test_promise_lower_accepts_and_promises_below_its_promise() -> None:
     assert broken.on_prepare(fresh, Prepare(5, HIGH)) == correct.on_prepare(fresh, Prepare(5, HIGH))
 
 
-def test_the_harness_sets_the_variable_for_the_chosen_acceptors_only(tmp_path: Path) -> None:
+def test_the_harness_starts_the_chosen_acceptors_through_the_test_entry_point(
+    tmp_path: Path,
+) -> None:
     harness = Harness(tmp_path, "cxtest", broken_acceptor="promise-lower", broken_acceptors=2)
     harness.plan()
-    broken = {n.name: n.env for n in harness.nodes.values() if n.env}
-    assert broken == {
-        "acceptor-0": {broken_acceptor.ENV_VAR: "promise-lower"},
-        "acceptor-1": {broken_acceptor.ENV_VAR: "promise-lower"},
-    }
     correct = Harness(tmp_path, "cxtest")
     correct.plan()
-    assert not any(n.env for n in correct.nodes.values())
+    broken = {n.name for n in harness.nodes.values() if n.broken_mode == "promise-lower"}
+    assert broken == {"acceptor-0", "acceptor-1"}
+    for name, node in harness.nodes.items():
+        same = correct.nodes[name].argv
+        if name in broken:
+            # The same acceptor arguments, through the test-only module.
+            assert node.argv[1:5] == [
+                "-m",
+                "paxos_testing.broken_acceptor",
+                "--mode",
+                "promise-lower",
+            ]
+            assert node.argv[5:] == same[4:]
+        else:
+            assert node.argv == same
+        assert not node.env  # no environment switch any more
+    assert not any(n.broken_mode for n in correct.nodes.values())
 
 
 def test_the_flags_are_replayed_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,9 +202,11 @@ def test_a_run_with_broken_acceptors_fails_and_names_the_check(tmp_path: Path) -
     assert "TEST ONLY: acceptor-0, acceptor-1, acceptor-2 ran deliberately broken" in output
     replay = f"--duration {DURATION} --seed {SEED} --broken-acceptor promise-lower"
     assert replay in output
-    # Every acceptor said loudly that it is broken.
+    # Every acceptor said loudly that it is broken, and was started through
+    # the test-only entry point.
     for i in range(3):
         log = (out / "logs" / f"acceptor-{i}.1.log").read_text()
         assert "TEST-ONLY BROKEN ACCEPTOR" in log
         assert '"level": "warning"' in log
+        assert "-m paxos_testing.broken_acceptor --mode promise-lower" in log
     assert_nothing_left(pid, out)

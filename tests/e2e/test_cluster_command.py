@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import clean_env, free_port, wait_until
+from tests.support.processes import clean_env, free_port_range, wait_until
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 SERVICES = {
@@ -36,28 +36,6 @@ class RunningCluster:
     workdir: Path
 
 
-def _base_port(count: int) -> int:
-    """A base port with ``count`` free ports above it, and ``count`` from
-    base + 100 for the nodes' metrics (checked, then used at once)."""
-    for _ in range(50):
-        base = free_port()
-        ports = [base + k for k in range(count)] + [base + 100 + k for k in range(count)]
-        if base + 100 + count < 65535 and all(_is_free(p) for p in ports):
-            return base
-    raise AssertionError("no free port range")
-
-
-def _is_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 @pytest.fixture
 def running_cluster(tmp_path: Path) -> Iterator[RunningCluster]:
     yield from _run_cluster(tmp_path)
@@ -69,7 +47,7 @@ def running_tls_cluster(tmp_path: Path) -> Iterator[RunningCluster]:
 
 
 def _run_cluster(tmp_path: Path, *options: str) -> Iterator[RunningCluster]:
-    base = _base_port(6)
+    base = free_port_range(6)
     env = clean_env() | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     process = subprocess.Popen(
         [

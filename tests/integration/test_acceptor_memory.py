@@ -22,7 +22,7 @@ from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 
 INSTANCES = 100
 MAX_RESIDENT = 30
-AFTER_EVICTION = 10
+AFTER_EVICTION = acceptor_server.resident_after_eviction(MAX_RESIDENT)
 
 
 def ballot(round_: int, proposer_id: int) -> pb.Ballot:
@@ -39,10 +39,13 @@ class Acceptor:
 
     async def start(self) -> pb_grpc.AcceptorServiceAsyncStub:
         self.storage.open()
-        config = AcceptorConfig(node_id=0, listen="127.0.0.1:0", db_path=self.path)
+        config = AcceptorConfig(
+            node_id=0,
+            listen="127.0.0.1:0",
+            db_path=self.path,
+            max_resident_instances=MAX_RESIDENT,
+        )
         self.role, self.servicer = await start_acceptor(config, self.storage)
-        self.servicer._max_resident = MAX_RESIDENT
-        self.servicer._resident_after_eviction = AFTER_EVICTION
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.role.port}")
         return pb_grpc.AcceptorServiceStub(self.channel)  # type: ignore[return-value]
 
@@ -115,13 +118,10 @@ async def test_old_instances_leave_memory_and_still_bind(acceptor: Acceptor) -> 
     assert reported == {i: f"v{i}".encode() for i in range(1, INSTANCES + 1)}
 
 
-async def test_a_restart_loads_only_the_newest_instances(
-    acceptor: Acceptor, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_restart_loads_only_the_newest_instances(acceptor: Acceptor) -> None:
     stub = await acceptor.start()
     await fill(stub)
     await acceptor.stop()
-    monkeypatch.setattr(acceptor_server, "RESIDENT_AFTER_EVICTION", AFTER_EVICTION)
     restarted = Acceptor(acceptor.path)
     try:
         stub = await restarted.start()

@@ -673,11 +673,19 @@ def test_outcome_unknown_when_no_proposer_answers_then_outcome_tells(
             assert got.value == b"before", "not applied, and the barrier makes that final"
         else:
             assert outcome.succeeded and got.value == b"during"
-        # Retrying the same request is safe either way.
         with KvClient(cluster.learners, timeout=TIMEOUT, client_id=error.client_id) as again:
-            retried = again.put(key, b"during")
-            assert kv.outcome(error.client_id, 1) is not None
-            if outcome is not None:
+            if outcome is None:
+                # "Not applied" is final: the same request id is fenced for
+                # good, so a late copy can never apply it; write anew instead.
+                with pytest.raises(InvalidArgumentError):
+                    again.put(key, b"during")
+                assert kv.outcome(error.client_id, 1) is None
+                unchanged = kv.get(key)
+                assert unchanged is not None and unchanged.value == b"before"
+                again.put(key, b"during")  # the next sequence
+            else:
+                # Applied: a retry with the same id is answered, not applied again.
+                retried = again.put(key, b"during")
                 assert retried.revision == outcome.revision, "applied once, not twice"
         final = kv.get(key)
         assert final is not None and final.value == b"during"

@@ -38,6 +38,7 @@ from roles import (
     Ballot,
     Broadcast,
     Chosen,
+    Conflict,
     Decide,
     Effect,
     GaveUp,
@@ -48,7 +49,6 @@ from roles import (
     ProposerConfig,
     ProtocolError,
     Reject,
-    SafetyViolation,
     SetTimer,
     majority,
 )
@@ -544,12 +544,13 @@ class Simulation:
 
     def _to_learner(self, msg: Message) -> None:
         try:
+            learned = None
             if isinstance(msg, Accepted):
-                self.learner.on_accepted(msg)
+                learned = self.learner.on_accepted(msg)
             elif isinstance(msg, Decide):
-                self.learner.on_decide(msg)
-        except SafetyViolation as error:
-            self.learner_errors.append(str(error))
+                learned = self.learner.on_decide(msg)
+            if isinstance(learned, Conflict):
+                self.learner_errors.append(learned.describe())
         except ProtocolError as error:
             self.protocol_errors.append(f"learner on {msg}: {error}")
 

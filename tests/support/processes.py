@@ -281,3 +281,24 @@ def start_kv_cluster(cluster: Cluster, *, proposers: int = 3, learners: int = 2)
     for node in (*learner_nodes, *proposer_nodes):
         node.wait_healthy()
     return KvCluster(cluster, acceptors, proposer_nodes, learner_nodes)
+
+
+def free_port_range(count: int) -> int:
+    """A base port with ``count`` free ports above it, and ``count`` from
+    base + 100 (where ``paxos cluster`` puts the nodes' metrics), checked
+    free, for a caller that binds them at once."""
+    for _ in range(50):
+        base = free_port()
+        ports = [base + k for k in range(count)] + [base + 100 + k for k in range(count)]
+        if base + 100 + count < 65535 and all(_is_free(p) for p in ports):
+            return base
+    raise AssertionError("no free port range")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

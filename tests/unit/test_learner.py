@@ -17,11 +17,11 @@ from roles import (
     ZERO_BALLOT,
     Accepted,
     Ballot,
+    Conflict,
     Decide,
     Learned,
     Learner,
     ProtocolError,
-    SafetyViolation,
 )
 
 ACCEPTORS = frozenset({1, 2, 3})
@@ -101,7 +101,8 @@ def test_votes_after_the_decision_return_the_decision(learner: Learner) -> None:
     learner.on_accepted(vote(1, b(2), b"v"))
     learned = learner.on_accepted(vote(2, b(2), b"v"))
     # A straggler from an older ballot (which never reached a majority) does not
-    # disturb what is known.
+    # disturb what is known: it is counted (in case it ever makes a majority
+    # for another value, see below), and the decision stands.
     assert learner.on_accepted(vote(3, b(1), b"old")) == learned
     assert learner.on_accepted(vote(3, b(3), b"v")) == learned
 
@@ -119,33 +120,95 @@ def test_agreeing_decisions_keep_the_first(learner: Learner) -> None:
     assert learner.on_accepted(vote(2, b(9), b"v")) == first
 
 
-def test_conflicting_decide_is_a_safety_violation_and_changes_nothing(learner: Learner) -> None:
-    """Section 2.1's safety requirement: only a single value is chosen."""
+def test_conflicting_decide_is_a_conflict_and_changes_nothing(learner: Learner) -> None:
+    """Section 2.1's safety requirement: only a single value is chosen. A
+    Decide for another value is reported as a Conflict naming both, and the
+    first decision stands.
+
+    On the old code on_decide raised SafetyViolation instead of returning a
+    value the server could act on (this test failed with that exception)."""
     learner.on_decide(Decide(INSTANCE, b(3), b"v"))
     before = snapshot(learner)
-    with pytest.raises(SafetyViolation, match="chosen"):
-        learner.on_decide(Decide(INSTANCE, b(4), b"w"))
+    result = learner.on_decide(Decide(INSTANCE, b(4), b"w"))
+    assert result == Conflict(INSTANCE, b(3), b"v", b(4), b"w", "decide")
+    assert "b'v'" in result.describe() and "b'w'" in result.describe()
     assert snapshot(learner) == before
     assert learner.decision(INSTANCE) == Learned(INSTANCE, b(3), b"v")
 
 
-def test_votes_after_a_decide_are_not_tallied(learner: Learner) -> None:
-    """Once decided, the tallies are dropped (documented in roles/learner.py):
-    later votes only return the decision. The learner therefore does not notice
-    a contradicting majority that completes after its decision; the simulation
-    checks the vote log itself for that."""
+def test_a_conflicting_majority_after_a_decide_is_a_conflict(learner: Learner) -> None:
+    """Issue 11, item 4: once decided, the learner still counts votes for any
+    other value, and a majority for one is a Conflict (with both ballots and
+    values); the decision stays the first one.
+
+    On the old code the tallies were dropped at the decision and every later
+    vote just returned the decision: the second vote for b"w" returned
+    Learned(v), not a Conflict, so this test failed."""
     learner.on_accepted(vote(1, b(5), b"w"))
     learner.on_decide(Decide(INSTANCE, b(3), b"v"))
     assert learner.decision(INSTANCE) == Learned(INSTANCE, b(3), b"v")
-    assert learner.on_accepted(vote(2, b(5), b"w")) == Learned(INSTANCE, b(3), b"v")
+    result = learner.on_accepted(vote(2, b(5), b"w"))
+    assert result == Conflict(INSTANCE, b(3), b"v", b(5), b"w", "accepted")
+    assert learner.decision(INSTANCE) == Learned(INSTANCE, b(3), b"v")
+    # The evidence stays: a duplicate vote reports it again, and still changes nothing.
+    before = snapshot(learner)
+    assert learner.on_accepted(vote(2, b(5), b"w")) == result
+    assert snapshot(learner) == before
 
 
-def test_decide_contradicting_a_learned_majority_is_a_safety_violation(learner: Learner) -> None:
+def test_two_majorities_for_different_values_are_a_conflict(learner: Learner) -> None:
+    """Two majorities (under two ballots) for two values: the one completed
+    second is a Conflict, even though its first vote came before the decision.
+
+    On the old code the last vote returned the first decision (Learned)."""
+    assert learner.on_accepted(vote(1, b(2), b"v")) is None
+    assert learner.on_accepted(vote(3, b(7), b"w")) is None
+    first = learner.on_accepted(vote(2, b(2), b"v"))
+    assert first == Learned(INSTANCE, b(2), b"v")
+    assert learner.on_accepted(vote(3, b(2), b"v")) == first  # agrees: not counted
+    conflict = learner.on_accepted(vote(1, b(7), b"w"))
+    assert isinstance(conflict, Conflict)
+    assert (conflict.ballot, conflict.value) == (b(2), b"v")
+    assert (conflict.conflicting_ballot, conflict.conflicting_value) == (b(7), b"w")
+    assert learner.decision(INSTANCE) == first
+
+
+def test_agreeing_votes_after_the_decision_leave_the_state_unchanged(learner: Learner) -> None:
+    """Votes for the decided value (any ballot) are not kept: memory does not
+    grow with retransmissions once an instance is decided."""
+    learner.on_accepted(vote(1, b(2), b"v"))
+    learned = learner.on_accepted(vote(2, b(2), b"v"))
+    before = snapshot(learner)
+    for acceptor in (1, 2, 3):
+        assert learner.on_accepted(vote(acceptor, b(9), b"v")) == learned
+        assert learner.on_accepted(vote(acceptor, b(2), b"v")) == learned
+    assert snapshot(learner) == before
+
+
+def test_a_stray_vote_for_another_value_is_no_conflict(learner: Learner) -> None:
+    """One acceptor that accepted another value under a ballot that lost is
+    normal: only a majority for it is a violation."""
+    learner.on_accepted(vote(1, b(2), b"v"))
+    learned = learner.on_accepted(vote(2, b(2), b"v"))
+    assert learner.on_accepted(vote(3, b(1), b"old")) == learned
+    assert learner.decision(INSTANCE) == learned
+
+
+def test_another_value_under_the_decided_ballot_is_a_protocol_error(learner: Learner) -> None:
+    learner.on_decide(Decide(INSTANCE, b(3), b"v"))
+    before = snapshot(learner)
+    with pytest.raises(ProtocolError, match="two values"):
+        learner.on_accepted(vote(1, b(3), b"w"))
+    assert snapshot(learner) == before
+
+
+def test_decide_contradicting_a_learned_majority_is_a_conflict(learner: Learner) -> None:
+    """On the old code this raised SafetyViolation."""
     learner.on_accepted(vote(1, b(2), b"v"))
     learner.on_accepted(vote(2, b(2), b"v"))
     before = snapshot(learner)
-    with pytest.raises(SafetyViolation):
-        learner.on_decide(Decide(INSTANCE, b(4), b"other"))
+    result = learner.on_decide(Decide(INSTANCE, b(4), b"other"))
+    assert result == Conflict(INSTANCE, b(2), b"v", b(4), b"other", "decide")
     assert snapshot(learner) == before
 
 

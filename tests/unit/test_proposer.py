@@ -414,7 +414,7 @@ def test_phase_two_timeout_backs_off_then_retries() -> None:
 
 
 @pytest.mark.parametrize("phase", ["preparing", "accepting", "backing_off", "not_started"])
-def test_timer_call_before_the_timer_time_is_a_no_op(phase: str) -> None:
+def test_timer_call_before_the_timer_time_changes_nothing_but_says_when(phase: str) -> None:
     rng = RecordingRandom()
     proposer = make(rng=rng)
     if phase == "preparing":
@@ -426,7 +426,7 @@ def test_timer_call_before_the_timer_time_is_a_no_op(phase: str) -> None:
         proposer.on_timer(1.0)  # timer at 1.1
     before = snapshot(proposer)
     draws = len(rng.calls)
-    assert proposer.on_timer(0.999) == []
+    assert proposer.on_timer(0.999) == [SetTimer(proposer._timer_at)]
     assert snapshot(proposer) == before
     assert len(rng.calls) == draws
 
@@ -523,3 +523,15 @@ def test_instance_zero_is_a_protocol_error() -> None:
 def test_a_proposer_needs_acceptors() -> None:
     with pytest.raises(ValueError):
         make(acceptors=frozenset())
+
+
+def test_a_timer_that_fires_early_is_told_when_again() -> None:
+    """A caller whose timer fires before the proposer's time (asyncio fires
+    timers up to its clock resolution early; or the caller kept an older
+    time) must be told when to come back. On the old code ``on_timer``
+    returned nothing and the driver, still holding the old time, waited 0 s
+    and called again: a busy loop (the simulation's real-time guard stopped
+    it after 12.6 million loop iterations at one virtual instant)."""
+    proposer = make()
+    (timer,) = [e for e in proposer.start(0.0) if isinstance(e, SetTimer)]
+    assert proposer.on_timer(timer.at - 1e-12) == [SetTimer(timer.at)]
