@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from paxos_service import kv_cli, log, status_cli
+from paxos_service import kv_cli, log, processes, status_cli
 from paxos_service.config import (
     DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
@@ -407,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, subparsers = build_parser()
     args = parser.parse_args(argv)
     sub = subparsers[args.command]
+    if args.command in ("acceptor", "proposer", "learner"):
+        processes.follow_parent()
     try:
         if args.command == "acceptor":
             _require(sub, args, "id", "db")

@@ -13,6 +13,7 @@ index in the table.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paxos_service import tls as tls_channels
 from paxos_service.config import TlsFiles
-from paxos_service.processes import stop_all
+from paxos_service.processes import PARENT_ENV, stop_all
 
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -180,6 +181,8 @@ class LocalCluster:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+                    # ...and if we are killed, they end too (processes.follow_parent).
+                    env={**os.environ, PARENT_ENV: str(os.getpid())},
                 )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         for node in self.nodes:

@@ -239,3 +239,23 @@ def test_tls_cluster_prints_commands_that_work_with_its_certificates(
     metrics = row.split()[4]
     with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
         assert response.status == 200
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's parent may never reap it here)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_killed_cluster_takes_its_nodes_with_it(running_cluster: RunningCluster) -> None:
+    """``paxos cluster`` SIGKILLed (no chance to stop its children): every node
+    ends by itself, freeing its port. On the old code all six kept running,
+    holding their ports, until killed by hand (this wait timed out)."""
+    pids = [pid for _, _, _, pid in running_cluster.rows]
+    assert all(_running(pid) for pid in pids)
+    running_cluster.process.kill()
+    running_cluster.process.wait(timeout=10)
+    wait_until(lambda: not any(_running(pid) for pid in pids), timeout=20, what="every node ended")
