@@ -56,6 +56,7 @@ from tests.chaos.test_chaos_short import (
 #: ends before the broken acceptors' divergence shows; 60 s of the same
 #: schedule (same seed, more faults) shows it.
 BROKEN_DURATION = "60s"
+BROKEN_ATTEMPTS = 3
 
 LOW, HIGH = Ballot(1, 0), Ballot(2, 1)
 #: Promised HIGH, accepted nothing.
@@ -180,14 +181,29 @@ def test_the_flags_are_replayed_and_checked(capsys: pytest.CaptureFixture[str]) 
 
 @pytest.mark.timeout(420)
 def test_a_run_with_broken_acceptors_fails_and_names_the_check(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    pid, returncode, output = run_short(
-        out, "--broken-acceptor", "promise-lower", "--duration", BROKEN_DURATION
-    )
+    # Whether a run of this length shows the divergence depends on real
+    # timing: the same schedule finds it in most runs. Up to three runs,
+    # stopping at the first that does; all three passing means the checkers
+    # have gone blind.
+    seed = SEED
+    for attempt in range(BROKEN_ATTEMPTS):
+        out = tmp_path / f"run-{attempt}"
+        pid, returncode, output = run_short(
+            out,
+            "--broken-acceptor",
+            "promise-lower",
+            "--duration",
+            BROKEN_DURATION,
+            "--seed",
+            str(seed),
+        )
+        if returncode == cli.EXIT_VIOLATION:
+            break
+        assert_nothing_left(pid, out)
     assert returncode == cli.EXIT_VIOLATION, output[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdict"] == "violation"
-    assert summary["seed"] == SEED
+    assert summary["seed"] == seed
     assert summary["broken_acceptor"] == {
         "mode": "promise-lower",
         "acceptors": ["acceptor-0", "acceptor-1", "acceptor-2"],
@@ -208,7 +224,7 @@ def test_a_run_with_broken_acceptors_fails_and_names_the_check(tmp_path: Path) -
     assert "verdict: VIOLATION" in output
     assert any(re.search(rf"^ +{name} +VIOLATION", output, re.MULTILINE) for name in failed)
     assert "TEST ONLY: acceptor-0, acceptor-1, acceptor-2 ran deliberately broken" in output
-    replay = f"--duration {BROKEN_DURATION} --seed {SEED} --broken-acceptor promise-lower"
+    replay = f"--duration {BROKEN_DURATION} --seed {seed} --broken-acceptor promise-lower"
     assert replay in output
     # Every acceptor said loudly that it is broken, and was started through
     # the test-only entry point.
