@@ -381,16 +381,18 @@ def test_tls_mistakes_are_one_line_errors(pki: Pki, tmp_path: Path) -> None:
             "cannot read --tls-ca",
         ),
     ]
-    # Independent processes: run them side by side.
+    # Independent processes: run them side by side, each acceptor on its own
+    # file (two creating one file at once saw it "exists but is empty").
+    db = str(tmp_path / "a.db")
     running = [
         subprocess.Popen(
-            [*PAXOS, *argv],
+            [*PAXOS, *(str(tmp_path / f"a{i}.db") if arg == db else arg for arg in argv)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=clean_env(),
         )
-        for argv, _, _ in cases
+        for i, (argv, _, _) in enumerate(cases)
     ]
     for (argv, code, expected), process in zip(cases, running, strict=True):
         _, stderr = process.communicate(timeout=60)
