@@ -1,5 +1,13 @@
 # paxos-service developer entry points. Every target works on a fresh clone:
 # the ones that need the virtualenv build it first (cheap when up to date).
+#
+#   make run      a local cluster (3 acceptors, 2 proposers, 1 learner) in ./data
+#   make test     the whole suite: lint, then every test, with coverage
+#   make check    the fast loop before a commit: lint and the unit tests
+#   make sim      the deterministic simulation over many seeds
+#   make chaos    a nemesis run over network namespaces (needs root)
+#   make bench    throughput and latency percentiles, optionally against etcd
+#   make k8s-check  render, validate and boot the Kubernetes manifests offline
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,8 +20,11 @@ GEN    := paxos_service/v1/paxos_pb2.py
 PYTEST_ARGS ?=
 # Seeds for the simulation; `make sim SEEDS=10000` for a long run.
 SEEDS ?= 2000
+# Coverage of the shipped packages, measured in the test process (nodes started
+# as separate processes are not counted). `make test COVERAGE=` turns it off.
+COVERAGE ?= --cov=roles --cov=paxos_service --cov-report=term:skip-covered --cov-report=xml:data/coverage.xml
 
-.PHONY: install proto run test test-fast sim lint fmt clean
+.PHONY: install proto run test test-fast check sim lint fmt clean
 
 install: $(STAMP) $(GEN)
 
@@ -34,16 +45,22 @@ proto: $(STAMP)
 $(GEN): $(PROTO) $(STAMP)
 	$(MAKE) proto
 
-# A local cluster: 3 acceptors, 2 proposers, 1 learner, SQLite files in ./data.
 run: install
 	$(BIN)/paxos cluster
 
-# The whole suite: lint, unit, simulation, integration and end-to-end.
+# The whole suite: lint, unit, architecture, simulation, integration, end-to-end,
+# chaos (short), k8s and bench (smoke).
 test: install lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@mkdir -p data
+	$(BIN)/python -m pytest $(COVERAGE) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest tests/unit tests/simulation $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit tests/architecture tests/simulation $(PYTEST_ARGS)
+
+# What the pre-commit hook runs (.pre-commit-config.yaml): lint and the tests
+# that need no network, process or namespace; about a minute.
+check: install lint
+	$(BIN)/python -m pytest -q tests/unit tests/architecture $(PYTEST_ARGS)
 
 # The deterministic simulation of the real service code (tests/simulation/realsim)
 # on every core: `make sim SEEDS=10000`; `make sim SEED=1234` replays one seed
@@ -52,6 +69,8 @@ sim: install
 	PYTHONHASHSEED=0 $(BIN)/python -m tests.simulation.realsim \
 	  $(if $(SEED),--seed $(SEED),--seeds $(SEEDS))
 
+# ruff (style, complexity, refactor checks), mypy --strict, the import
+# contracts (roles pure, layers, no test tooling in the product), buf.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -64,10 +83,9 @@ fmt: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis paxos_service/v1/*_pb2*
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage* paxos_service/v1/*_pb2*
 
-# ---- k8s: container image and Kubernetes manifests (issue 5) ----------------
-# Appended as one block; owned by the k8s work. `make test` runs tests/k8s too.
+# ---- Kubernetes: container image and manifests ---------------------------------
 .PHONY: k8s-check image
 
 IMAGE ?= paxos-service:dev
@@ -75,16 +93,15 @@ IMAGE ?= paxos-service:dev
 # Render k8s/ (base and overlays) with `kubectl kustomize`, validate it with
 # `kubernetes-validate --strict`, check its structure, and boot it as real
 # processes in network namespaces. Needs root, iproute2 and kubectl; no cluster.
+# `make test` runs tests/k8s too.
 k8s-check: install
 	$(BIN)/python -m pytest tests/k8s -q $(PYTEST_ARGS)
 
 # Needs a Docker engine (CI has none); does not need the virtualenv.
 image:
 	docker build -t $(IMAGE) .
-# ---- end k8s -----------------------------------------------------------------
 
-# ---- bench: the benchmark (issue 6) ------------------------------------------
-# Appended as one block; owned by the benchmark work. See docs/performance.md.
+# ---- Benchmark (docs/performance.md) -------------------------------------------
 .PHONY: bench
 
 # `make bench` sweeps concurrency 1,16,64,256 (puts and gets, 10 s each) on a
@@ -98,12 +115,10 @@ ARGS ?=
 
 bench: install
 	$(BIN)/python -m paxos_service.bench $(if $(COMPARE),--compare $(COMPARE)) $(ARGS)
-# ---- end bench ---------------------------------------------------------------
 
-# ---- chaos: nemesis over network namespaces (issue 4) ------------------------
-# Appended as one block; owned by the chaos work. See docs/chaos.md. Needs root
-# (network namespaces, iptables, tmpfs); installs iptables and fiu-utils with
-# apt-get if missing. `make test` runs the short run in tests/chaos.
+# ---- Chaos: nemesis over network namespaces (docs/chaos.md) ---------------------
+# Needs root (network namespaces, iptables, tmpfs); installs iptables and
+# fiu-utils with apt-get if missing. `make test` runs the short run in tests/chaos.
 #   make chaos DURATION=30m SEED=42
 #   make chaos DURATION=60s CHAOS_ARGS="--kinds kill-leader,pause-leader --out /tmp/c1"
 # The report (summary.txt/json, history.jsonl, timeline.png, logs/) goes to
@@ -114,5 +129,4 @@ SEED ?=
 CHAOS_ARGS ?=
 
 chaos: install
-	$(BIN)/python -m paxos_service.chaos --duration $(DURATION) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
-# ---- end chaos ---------------------------------------------------------------
+	$(BIN)/python -m paxos_testing.chaos --duration $(DURATION) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)

@@ -1,5 +1,5 @@
 """``python -m paxos_service`` is the ``paxos`` command."""
 
-from paxos_service.cli import main
+from paxos_service.cli.main import main
 
 raise SystemExit(main())

@@ -27,9 +27,10 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from paxos_service import tls as tls_channels
-from paxos_service.config import TlsFiles
-from paxos_service.processes import PARENT_ENV, stop_all
+from paxos_service.core.config import TlsFiles
+from paxos_service.core.processes import PARENT_ENV, stop_all
+from paxos_service.transport import certs
+from paxos_service.transport import tls as tls_channels
 
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -244,8 +245,6 @@ class LocalCluster:
         later runs reuse them, if their peer certificate names our host."""
         if self.tls_dir is None:
             return
-        from paxos_service import certs
-
         peer = self.tls_dir / "peer" / certs.CERT_FILE
         hosts = [self.host, *(h for h in certs.DEFAULT_HOSTS if h != self.host)]
         if not (self.tls_dir / "ca" / certs.KEY_FILE).exists():

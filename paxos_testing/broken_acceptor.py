@@ -9,9 +9,9 @@ process, through its own entry point::
 
 which takes every argument of ``paxos acceptor`` after ``--mode`` (a leading
 ``acceptor`` is allowed too), patches :class:`roles.Acceptor` in that process
-only, logs a loud warning, and runs the real acceptor (``paxos_service.cli``).
+only, logs a loud warning, and runs the real acceptor (``paxos_service.cli.main``).
 The chaos harness starts the acceptors it is told to break this way
-(``python -m paxos_service.chaos --broken-acceptor promise-lower``, see
+(``python -m paxos_testing.chaos --broken-acceptor promise-lower``, see
 docs/chaos.md); ``tests/chaos/test_broken_acceptor.py`` shows the run's
 checkers catch it.
 
@@ -38,6 +38,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
+from paxos_service.cli import main as cli
+from paxos_service.core.logger import get_logger
 from roles import (
     Accept,
     Accepted,
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def acceptor_argv(argv: Sequence[str]) -> tuple[str, list[str]]:
-    """``(mode, the argv for paxos_service.cli.main)`` from this entry point's argv."""
+    """``(mode, the argv for paxos_service.cli.main.main)`` from this entry point's argv."""
     args, rest = build_parser().parse_known_args(list(argv))
     if rest[:1] == ["--"]:
         rest = rest[1:]
@@ -169,8 +171,6 @@ def acceptor_argv(argv: Sequence[str]) -> tuple[str, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     mode, cli_argv = acceptor_argv(sys.argv[1:] if argv is None else argv)
-    from paxos_service import cli
-    from paxos_service.log import get_logger
 
     def warn(acceptor: Acceptor) -> None:
         # The server makes its Acceptor once logging is set up: the warning

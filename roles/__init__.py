@@ -5,11 +5,14 @@ and draws no randomness of its own: the caller feeds messages (and the current
 time, and a random source) in, and gets replies and effects out. Storage and
 transport live in :mod:`paxos_service`. The model is etcd-io/raft and h11.
 
-Roles:
+Roles (each module's docstring has its state table):
     :class:`Acceptor`  phase 1b/2b; its state must be persisted before replying.
     :class:`Proposer`  phase 1a/2a for one instance, with backoff and a deadline.
     :class:`Learner`   finds out which value is chosen.
     :class:`Leader`    Multi-Paxos: one phase 1 for all instances, pipelined phase 2.
+
+The proposer and the leader share their effects (:mod:`roles.effects`):
+:class:`SendToAcceptors`, :class:`SetTimer` and :class:`Chosen`.
 
 :mod:`roles.recovery` decides when a new acceptor file may vote and how an
 acceptor that lost its storage is rebuilt from its peers.
@@ -17,22 +20,20 @@ acceptor that lost its storage is rebuilt from its peers.
 
 from roles.acceptor import Acceptor, AcceptorState, AcceptorStep, RangePromise, RangeStep
 from roles.ballot import ZERO_BALLOT, Ballot
+from roles.effects import Chosen, SendToAcceptors, SetTimer
 from roles.errors import NotVoting, ProtocolError, SafetyViolation
-from roles.leader import (
+from roles.heartbeat import Heartbeat
+from roles.leader import Leader, Role
+from roles.leader_config import LeaderConfig
+from roles.leader_effects import (
     AnswerHeartbeat,
     AskLeaderContact,
     Assigned,
     BecameLeader,
-    Heartbeat,
-    InstanceChosen,
-    Leader,
-    LeaderConfig,
     LeaderEffect,
     OutcomeUnknown,
     Rejected,
-    Role,
     SendHeartbeat,
-    SendToAcceptors,
     SteppedDown,
 )
 from roles.learner import Conflict, Learned, Learner
@@ -46,18 +47,9 @@ from roles.messages import (
     PromiseRange,
     Reject,
 )
-from roles.proposer import (
-    Broadcast,
-    Chosen,
-    Effect,
-    GaveUp,
-    Phase,
-    Proposer,
-    ProposerConfig,
-    RandomSource,
-    SetTimer,
-)
+from roles.proposer import Effect, GaveUp, Phase, Proposer, ProposerConfig
 from roles.quorum import majority
+from roles.rng import RandomSource
 
 __all__ = [
     "ZERO_BALLOT",
@@ -71,14 +63,12 @@ __all__ = [
     "Assigned",
     "Ballot",
     "BecameLeader",
-    "Broadcast",
     "Chosen",
     "Conflict",
     "Decide",
     "Effect",
     "GaveUp",
     "Heartbeat",
-    "InstanceChosen",
     "Leader",
     "LeaderConfig",
     "LeaderEffect",

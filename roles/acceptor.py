@@ -14,6 +14,29 @@ the :class:`RangePromise`: PrepareRange(n, b) promises b for every instance
 promised_ballot and the range promise's ballot (the ``floor``), and the range
 promise only ever grows: a higher ballot, over the union of the two ranges.
 
+State table, in the manner of h11's. One instance's state is ``(p, a, v)``:
+promised ballot, accepted ballot and value (ZERO and None until something is
+accepted); ``P = max(p, floor)`` is its effective promise. The range promise
+is ``(i, r)``; ``H`` is the highest of ``r`` and the ``p`` of every instance
+>= the PrepareRange's first instance ``j``::
+
+    state      message             if      next state  reply             persist
+    ---------  ------------------  ------  ----------  ----------------  ----------
+    (p, a, v)  Prepare(n)          n > P   (n, a, v)   Promise(n, a, v)  yes
+    (p, a, v)  Prepare(n)          n <= P  unchanged   Reject(P)         no
+    (p, a, v)  Accept(n, w)        n >= P  (n, n, w)   Accepted(n, w)    if changed
+    (p, a, v)  Accept(n, w)        n < P   unchanged   Reject(P)         no
+    (i, r)     PrepareRange(j, n)  n > H   (i', n)     PromiseRange      yes
+    (i, r)     PrepareRange(j, n)  n <= H  unchanged   Reject(H)         no
+
+``i'`` is ``min(i, j)``, or ``j`` when there was no range promise (``r`` ZERO):
+the range never shrinks. The PromiseRange reports the accepted ``(a, v)`` of
+every instance >= ``j``. Nothing changes, and the step raises instead of
+replying, for an Accept(n, w) with ``n == a`` and ``w != v`` (one ballot, two
+values) and for a zero ballot or an instance < 1 (:class:`ProtocolError`), and
+for an instance, or a PrepareRange's first instance, <= M (:class:`NotVoting`,
+below).
+
 The acceptor keeps one :class:`AcceptorState` per instance. Every step returns
 the new state, the reply and whether the state changed. **The caller must make a
 changed state durable before sending the reply**: an acceptor that forgets a

@@ -5,83 +5,76 @@ should be LEADER in a stable period, but safety never depends on it: two
 leaders are simply two proposers with different ballots, and the acceptors'
 promises keep them from choosing two values for one instance.
 
-Roles and transitions (every input takes ``now`` and returns a list of effects)::
+The concerns live in their own modules: the follower's election timer and
+pre-vote in :mod:`roles.election`, phase 1 over a range of instances in
+:mod:`roles.campaign`, phase 2 and its window in :mod:`roles.pipeline`, the
+heartbeat between proposers in :mod:`roles.heartbeat`, the effects in
+:mod:`roles.effects` and :mod:`roles.leader_effects`. This class ties them to
+the three roles.
 
-    FOLLOWER  --election timeout: pre-vote; a majority grants------> CANDIDATE
-    FOLLOWER  --campaign() (operator, tests)-----------------------> CANDIDATE
-    CANDIDATE --majority of PromiseRange for its ballot------------> LEADER
-    CANDIDATE --phase timeout----------------------------------> FOLLOWER (backs
-                off a random time in [0, election_timeout), then pre-votes again;
-                without pre-vote: CANDIDATE with a higher round after the backoff)
-    CANDIDATE --valid Heartbeat, or any higher ballot--------------> FOLLOWER
-    LEADER    --valid Heartbeat, or any higher ballot--------------> FOLLOWER
-    LEADER    --an instance without quorum after max_retransmits---> FOLLOWER
-    FOLLOWER  --valid Heartbeat----------------------------> FOLLOWER (timer re-armed)
+State table, in the manner of h11's. Every input takes ``now`` and returns a
+list of effects, ending with a :class:`SetTimer` whenever the next deadline
+moved; "timer" is a call of ``on_timer`` at or after that time, ``T`` is
+``election_timeout``, and "a higher ballot" is a Reject whose promised ballot,
+or a heartbeat reply whose highest ballot, is above our own::
 
-"Any higher ballot" is a Reject whose promised ballot, or a heartbeat reply
-whose highest ballot, is above our own. A heartbeat is *valid* when its ballot
-is at least the highest ballot this proposer has seen or issued; a follower
-campaigns when no valid heartbeat came for a random time in ``[T, 2T)``
-(``T = election_timeout``). A candidate does not give way to a leader with a
-lower ballot: its PrepareRange may already have raised the acceptors'
-promises above that leader's ballot, so that leader is finished anyway, and
-the answer to its heartbeat (our highest ballot) tells it so at once.
+    role       input                                  next       effects
+    ---------  -------------------------------------  ---------  ---------------------------------
+    FOLLOWER   start()                                FOLLOWER   SetTimer (election in [T, 2T))
+    FOLLOWER   timer (election), pre_vote             FOLLOWER   AskLeaderContact (a new round)
+    FOLLOWER   on_leader_contact: a grant, and now    CANDIDATE  SendToAcceptors(PrepareRange)
+               a majority granted this round
+    FOLLOWER   on_leader_contact: another proposer    FOLLOWER   none (it becomes the leader hint
+               had a value accepted less than T ago              if none was known)
+    FOLLOWER   campaign(), or timer (election) and    CANDIDATE  SendToAcceptors(PrepareRange)
+               no pre_vote
+    FOLLOWER   valid Heartbeat                        FOLLOWER   AnswerHeartbeat; the election
+                                                                 timer restarts, pre-vote ends
+    CANDIDATE  PromiseRange for its ballot, now a     LEADER     BecameLeader, SendHeartbeat, then
+               majority                                          phase 2 as on submit (recovered
+                                                                 instances first)
+    CANDIDATE  timer (phase 1), pre_vote              FOLLOWER   SteppedDown; election in [0, T)
+    CANDIDATE  timer (phase 1), no pre_vote           CANDIDATE  none; backs off for [0, T)
+    CANDIDATE  campaign(), or timer (end of that      CANDIDATE  SendToAcceptors(PrepareRange),
+               backoff)                                          a higher round
+    LEADER     submit() / submit_many()               LEADER     Assigned, SendToAcceptors(Accept)
+                                                                 per instance the window admits
+    LEADER     submit(), the queue full               LEADER     Rejected (hint: ourselves)
+    LEADER     Accepted for its ballot, now a         LEADER     Chosen (with the tokens), then
+               majority for that instance                        phase 2 as on submit
+    LEADER     timer, an instance past phase_timeout  LEADER     SendToAcceptors(Accept, to=the
+                                                                 acceptors yet to answer)
+    LEADER     timer, an instance past phase_timeout  FOLLOWER   as on a higher ballot
+               after max_retransmits resends
+    LEADER     timer (heartbeat_interval)             LEADER     SendHeartbeat
+    CANDIDATE  valid Heartbeat                        FOLLOWER   as on a higher ballot, then
+    or LEADER                                                    AnswerHeartbeat
+    CANDIDATE  a higher ballot                        FOLLOWER   SteppedDown, Rejected (queued
+    or LEADER                                                    commands), OutcomeUnknown
+                                                                 (assigned ones); election timer
+    FOLLOWER   a higher ballot                        FOLLOWER   none (the ballot is remembered)
+    LEADER     campaign(), on_learned()               LEADER     none
+    not LEADER submit() / submit_many()               unchanged  Rejected (hint: the leader known)
+    not LEADER on_learned()                           unchanged  none (chosen_through may advance)
+    any        invalid Heartbeat                      unchanged  AnswerHeartbeat (our highest)
+    any        on_timer before the timer              unchanged  SetTimer (the same time again)
+    any        a stale, duplicate or not-yet-majority unchanged  none
+               reply
 
-Pre-vote (Raft's PreVote, adapted to Paxos): when its election timer fires, a
-follower does not raise its round at once. It first asks every acceptor which
-proposer last had a value accepted there and how long ago
-(:class:`AskLeaderContact`); an acceptor *grants* unless another proposer did
-so less than ``election_timeout`` ago. Only with a majority of grants does it
-campaign. A proposer that is cut off (or can send but not receive) therefore
-never gets to raise its round, and cannot depose a working leader when the
-network heals; a leader that stops getting values accepted is replaced as
-before, one round trip later. Safety does not depend on it: it only delays
-campaigns. An idle leader has nothing accepted, so at idle a follower that
-misses its heartbeats may still take over, which costs nothing in flight.
+A heartbeat is *valid* when its ballot is at least the highest ballot this
+proposer has seen or issued (:mod:`roles.election`). A candidate does not give
+way to a leader with a lower ballot: its PrepareRange may already have raised
+the acceptors' promises above that leader's ballot, so that leader is finished
+anyway, and the answer to its heartbeat (our highest ballot) tells it so at once.
 
-Phase 1 (section 3): a candidate sends one ``PrepareRange(chosen_through + 1,
-ballot)`` for every instance at once. With a majority of PromiseRange it
-re-proposes, for every instance from there to the highest one reported, the
-value of the highest accepted ballot among the promises, and a no-op where no
-promise reported any (a hole). New commands get instances above that.
-
-Phase 2: the leader batches queued commands (up to ``max_batch``) into one
-instance value with ``encode_batch``. It keeps at most ``window`` instances
-between ``chosen_through`` and the next free instance, so at most ``window``
-are in phase 2 and a stuck instance at the head stalls the pipeline instead of
-growing memory. Batching is natural: a command goes out at once while the
-window has room, and commands that arrive while it is full share the next
-instance. Each instance counts Accepted for the leader's own ballot; a majority
-makes it chosen. An instance without a quorum after ``phase_timeout`` is sent
-again to the acceptors that have not answered; after ``max_retransmits`` such
-resends the leader assumes it cannot reach a majority and steps down, so that
-a proposer that can takes over.
-
-Interface (the gRPC driver follows it)::
-
-    Leader(*, proposer_id, acceptor_ids, peer_ids, rng, config, encode_batch,
-           noop_value, chosen_through=0, min_round=0)
-    start(now)                           arm the election timer (once)
-    on_timer(now)                        single timer: SetTimer(at) replaces the
-                                         previous one; calls before `at` do nothing
-    campaign(now)                        start an election now (operator, tests)
-    submit(token, command, now)          a client command; token is the driver's handle
-    submit_many([(token, command)], now) commands that arrived together: they share instances
-    on_promise_range(msg, now)
-    on_accepted(msg, now)
-    on_reject(msg, now)                  for PrepareRange (instance = from_instance) or Accept
-    on_heartbeat(msg, now)               from another proposer; always answers
-    on_heartbeat_reply(from_id, highest_ballot, now)
-    on_leader_contact(acceptor_id, seq, leader_id, seconds_since, now)
-                                         an acceptor's answer to AskLeaderContact(seq)
-    on_learned(instance, now)            chosen, as the driver heard from a learner
-    role, ballot, leader_id, chosen_through, next_instance,
-    highest_ballot_seen, in_flight, queued
-
-Effects: :class:`SendToAcceptors`, :class:`AskLeaderContact`, :class:`SendHeartbeat`,
-:class:`AnswerHeartbeat`, :class:`~roles.proposer.SetTimer`,
-:class:`InstanceChosen`, :class:`Assigned`, :class:`Rejected`,
-:class:`OutcomeUnknown`, :class:`BecameLeader`, :class:`SteppedDown`.
+Interface (the gRPC driver follows it): the inputs of the table, each taking
+``now`` last. ``submit(token, command)`` takes a client command (the token is
+the driver's handle), ``submit_many`` commands that arrived together, which
+share instances; ``on_reject`` the Reject of a PrepareRange (instance =
+from_instance) or of an Accept; ``on_leader_contact`` an acceptor's answer to
+AskLeaderContact(seq); ``on_learned`` an instance a learner reported chosen.
+Observable: ``role``, ``ballot``, ``leader_id``, ``chosen_through``,
+``next_instance``, ``highest_ballot_seen``, ``in_flight``, ``queued``.
 
 What the driver must do:
 
@@ -97,8 +90,8 @@ What the driver must do:
   and handed to the new one would let it, and the new incarnation could then
   send a second value under one ballot. A driver that cannot rule this out
   must persist the highest round it used and pass it back as ``min_round``.
-* On :class:`InstanceChosen`, send its ``decide`` to the learners; its
-  ``tokens`` are the commands now committed (the "Committed" effect, folded in).
+* On :class:`Chosen`, send its ``decide`` to the learners; its ``tokens`` are
+  the commands now committed (the "Committed" effect, folded in).
 * :class:`Rejected` commands were never proposed: the client may send them
   anywhere. :class:`OutcomeUnknown` ones may yet be chosen: the client must
   retry with the same request id (the state machine drops duplicates) or ask.
@@ -108,48 +101,28 @@ What the driver must do:
 from __future__ import annotations
 
 import enum
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from roles.ballot import ZERO_BALLOT, Ballot
+from roles.campaign import Campaign, check_promise_range
+from roles.chosen_prefix import ChosenPrefix
+from roles.effects import NEVER, Chosen, SendToAcceptors, SetTimer
+from roles.election import Election
 from roles.errors import ProtocolError
-from roles.messages import Accept, Accepted, Decide, PrepareRange, PromiseRange, Reject
-from roles.proposer import RandomSource, SetTimer
-from roles.quorum import is_quorum
-
-_NEVER = float("inf")
-
-
-@dataclass(frozen=True, slots=True)
-class LeaderConfig:
-    #: The leader sends a heartbeat to every peer this often (seconds).
-    heartbeat_interval: float = 0.05
-    #: A follower campaigns after a random time in [T, 2T) without a valid heartbeat.
-    election_timeout: float = 0.3
-    #: Phase 1, or one instance's phase 2, without a quorum: re-campaign or resend.
-    phase_timeout: float = 0.5
-    #: At most this many instances between chosen_through and the next free one.
-    window: int = 4
-    #: At most this many commands in one instance's value.
-    max_batch: int = 512
-    #: At most this many command bytes in one instance's value (one command
-    #: larger than this still goes alone: the driver bounds single commands).
-    max_batch_bytes: int = 512 * 1024
-    #: Resends of one instance's Accept before the leader gives up its leadership.
-    max_retransmits: int = 3
-    #: Commands queued at the leader beyond this are rejected (back-pressure).
-    max_queued: int = 100_000
-    #: Ask the acceptors before campaigning (see "Pre-vote" in the module doc).
-    pre_vote: bool = True
-
-    def __post_init__(self) -> None:
-        timings = (self.heartbeat_interval, self.election_timeout, self.phase_timeout)
-        if min(timings) <= 0 or self.heartbeat_interval >= self.election_timeout:
-            raise ValueError(f"invalid leader timing: {self!r}")
-        limits = (self.window, self.max_batch, self.max_queued, self.max_batch_bytes)
-        if min(limits) < 1 or self.max_retransmits < 0:
-            raise ValueError(f"invalid leader limits: {self!r}")
+from roles.heartbeat import Heartbeat
+from roles.leader_config import LeaderConfig
+from roles.leader_effects import (
+    AnswerHeartbeat,
+    BecameLeader,
+    LeaderEffect,
+    OutcomeUnknown,
+    Rejected,
+    SendHeartbeat,
+    SteppedDown,
+)
+from roles.messages import Accepted, Decide, PrepareRange, PromiseRange, Reject
+from roles.pipeline import Pipeline
+from roles.rng import RandomSource
 
 
 class Role(enum.Enum):
@@ -158,141 +131,10 @@ class Role(enum.Enum):
     LEADER = "leader"
 
 
-# Messages between proposers ---------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """The leader of ``ballot`` is alive; every instance <= ``chosen_through`` is chosen."""
-
-    ballot: Ballot
-    proposer_id: int
-    chosen_through: int
-
-
-# Effects: what the driver must do after a step ---------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendToAcceptors:
-    """Send ``message`` to the acceptors in ``to`` (every acceptor when None)."""
-
-    message: PrepareRange | Accept
-    to: frozenset[int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AskLeaderContact:
-    """Pre-vote: ask every acceptor who last had a value accepted there and how
-    long ago; feed each answer to :meth:`Leader.on_leader_contact` with ``seq``."""
-
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendHeartbeat:
-    """Send ``heartbeat`` to every peer proposer."""
-
-    heartbeat: Heartbeat
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerHeartbeat:
-    """Answer the heartbeat of peer ``to``: the highest ballot we have seen."""
-
-    to: int
-    highest_ballot: Ballot
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceChosen:
-    """``value`` is chosen for ``instance``: send :attr:`decide` to the learners.
-    The commands with ``tokens`` are in it (empty for re-proposed values and no-ops)."""
-
-    instance: int
-    ballot: Ballot
-    value: bytes
-    tokens: tuple[int, ...] = ()
-
-    @property
-    def decide(self) -> Decide:
-        return Decide(self.instance, self.ballot, self.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Assigned:
-    """The commands with ``tokens`` are in ``instance``'s value, now in phase 2:
-    from here on they may be chosen even if this leader fails."""
-
-    instance: int
-    tokens: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """The commands with ``tokens`` were never assigned to an instance: the
-    client may safely send them again, preferably to ``leader_hint``."""
-
-    tokens: tuple[int, ...]
-    leader_hint: int | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeUnknown:
-    """The commands with ``tokens`` were assigned but this proposer stopped
-    leading before it knew their instance chosen: they may still be chosen."""
-
-    tokens: tuple[int, ...]
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class BecameLeader:
-    """Phase 1 succeeded for every instance >= ``from_instance``."""
-
-    ballot: Ballot
-    from_instance: int
-
-
-@dataclass(frozen=True, slots=True)
-class SteppedDown:
-    """A candidate or leader became a follower (``leader_hint``: who may lead now)."""
-
-    leader_hint: int | None
-    reason: str
-
-
-LeaderEffect = (
-    SendToAcceptors
-    | AskLeaderContact
-    | SendHeartbeat
-    | AnswerHeartbeat
-    | SetTimer
-    | InstanceChosen
-    | Assigned
-    | Rejected
-    | OutcomeUnknown
-    | BecameLeader
-    | SteppedDown
-)
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """One instance in phase 2 under the leader's ballot."""
-
-    value: bytes
-    tokens: tuple[int, ...]
-    accepted_by: set[int]
-    deadline: float
-    retransmits: int = 0
-
-
 class Leader:
     """The Multi-Paxos leader logic of proposer ``proposer_id`` (see the module doc)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only; each is a separate input grouping would hide
         self,
         *,
         proposer_id: int,
@@ -320,32 +162,20 @@ class Leader:
         self._encode_batch = encode_batch
         self._role = Role.FOLLOWER
         self._started = False
-        self._timer_at = _NEVER
+        self._timer_at = NEVER
         # What every role knows.
         self._ballot = ZERO_BALLOT  # own ballot while CANDIDATE or LEADER
         self._highest_seen = ZERO_BALLOT  # from others, or our own
         self._max_round = min_round  # of every ballot seen or issued
         self._leader_id: int | None = None
-        self._chosen_through = chosen_through
-        self._chosen_above: set[int] = set()  # chosen, above a gap; at most `window`
+        self._chosen = ChosenPrefix(chosen_through)  # notes `window` at most above a gap
         # FOLLOWER.
-        self._election_at = _NEVER
-        self._prevote_seq = 0  # the pre-vote round in progress, if _prevoting
-        self._prevoting = False
-        self._prevote_grants: set[int] = set()
+        self._election = Election()
         # CANDIDATE.
-        self._from_instance = chosen_through + 1
-        self._promises: dict[int, PromiseRange] = {}
-        self._campaigning = False  # False: backing off before the next round
-        self._candidate_at = _NEVER
+        self._campaign = Campaign(chosen_through + 1)
         # LEADER.
-        self._heartbeat_at = _NEVER
-        self._queue: deque[tuple[int, bytes]] = deque()
-        self._tokens: set[int] = set()  # queued or in flight
-        self._in_flight: dict[int, _InFlight] = {}
-        self._recovered: dict[int, bytes] = {}  # adopted values not yet re-proposed
-        self._recover_through = 0  # highest instance the promises reported
-        self._next_slot = 1  # next instance to start phase 2 for
+        self._heartbeat_at = NEVER
+        self._pipeline = Pipeline(self.config, noop_value)
 
     # Observable state -------------------------------------------------------
 
@@ -366,15 +196,15 @@ class Leader:
     @property
     def chosen_through(self) -> int:
         """The highest n such that every instance <= n is known to be chosen."""
-        return self._chosen_through
+        return self._chosen.through
 
     @property
     def next_instance(self) -> int:
         """The instance the next batch of new commands will get (LEADER), or the
         first instance not known to be chosen (otherwise)."""
         if self._role is not Role.LEADER:
-            return self._chosen_through + 1
-        return max(self._next_slot, self._recover_through + 1)
+            return self._chosen.through + 1
+        return max(self._pipeline.next_slot, self._pipeline.recover_through + 1)
 
     @property
     def highest_ballot_seen(self) -> Ballot:
@@ -382,11 +212,11 @@ class Leader:
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return len(self._pipeline.in_flight)
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._pipeline.queue)
 
     # Inputs -------------------------------------------------------------------
 
@@ -405,25 +235,29 @@ class Leader:
             # before the time asked, and float rounding does the rest): the
             # caller has used its timer up, so ask for the same one again.
             # Returning nothing here left a leader with no timer, for good.
-            return [SetTimer(self._timer_at)] if self._timer_at != _NEVER else []
+            return [SetTimer(self._timer_at)] if self._timer_at != NEVER else []
         effects: list[LeaderEffect] = []
         if self._role is Role.FOLLOWER:
-            if now >= self._election_at:
-                effects += self._pre_vote(now) if self.config.pre_vote else self._campaign(now)
-        elif self._role is Role.CANDIDATE:
-            if now >= self._candidate_at:
-                if self._campaigning and self.config.pre_vote:
-                    # Phase 1 timed out: back off a random time so that duelling
-                    # candidates drift apart, then ask the acceptors again.
-                    effects += self._step_down(now, None, "phase 1 had no quorum in time")
-                    self._election_at = now + self._rng.uniform(0.0, self.config.election_timeout)
-                elif self._campaigning:
-                    # Phase 1 timed out: wait a random time so that duelling
-                    # candidates drift apart, then try a higher round.
-                    self._campaigning = False
-                    self._candidate_at = now + self._rng.uniform(0.0, self.config.election_timeout)
+            if now >= self._election.at:
+                if self.config.pre_vote:
+                    timeout = self.config.election_timeout
+                    effects.append(self._election.pre_vote(now, self._rng, timeout))
                 else:
-                    effects += self._campaign(now)
+                    effects += self._begin_campaign(now)
+        elif self._role is Role.CANDIDATE:
+            if now >= self._campaign.deadline:
+                # Phase 1 timed out: back off a random time so that duelling
+                # candidates drift apart, then ask the acceptors again (pre-vote)
+                # or try a higher round.
+                if self._campaign.campaigning and self.config.pre_vote:
+                    effects += self._step_down(now, None, "phase 1 had no quorum in time")
+                    self._election.at = now + self._rng.uniform(0.0, self.config.election_timeout)
+                elif self._campaign.campaigning:
+                    self._campaign.campaigning = False
+                    backoff = self._rng.uniform(0.0, self.config.election_timeout)
+                    self._campaign.deadline = now + backoff
+                else:
+                    effects += self._begin_campaign(now)
         else:
             effects += self._leader_timer(now)
         return effects + self._rearm()
@@ -433,7 +267,7 @@ class Leader:
         stays leader; a candidate starts over with a higher round."""
         if self._role is Role.LEADER:
             return []
-        return self._campaign(now) + self._rearm()
+        return self._begin_campaign(now) + self._rearm()
 
     def submit(self, token: int, command: bytes, now: float) -> list[LeaderEffect]:
         return self.submit_many([(token, command)], now)
@@ -443,38 +277,28 @@ class Leader:
         (one Append): all are queued before the pipeline is filled, so they
         share an instance instead of taking one each while the window has room."""
         tokens = [token for token, _ in commands]
-        if len(set(tokens)) != len(tokens) or not self._tokens.isdisjoint(tokens):
+        if len(set(tokens)) != len(tokens) or not self._pipeline.tokens.isdisjoint(tokens):
             raise ProtocolError(f"tokens {tokens} repeat or are already queued or in flight")
         if not commands:
             return []
         if self._role is not Role.LEADER:
             reason = f"proposer {self.proposer_id} is not leader"
             return [Rejected(tuple(tokens), self._hint(), reason)]
-        if len(self._queue) + len(commands) > self.config.max_queued:
+        if len(self._pipeline.queue) + len(commands) > self.config.max_queued:
             return [Rejected(tuple(tokens), self.proposer_id, "the leader's queue is full")]
-        self._queue.extend(commands)
-        self._tokens.update(tokens)
+        self._pipeline.enqueue(commands)
         return self._fill_pipeline(now) + self._rearm()
 
     def on_promise_range(self, msg: PromiseRange, now: float) -> list[LeaderEffect]:
         self._check_acceptor(msg.acceptor_id)
         _check_ballot(msg.ballot)
-        if msg.from_instance < 1:
-            raise ProtocolError(f"PromiseRange from instance {msg.from_instance}")
-        for entry in msg.accepted:
-            if entry.acceptor_id != msg.acceptor_id or entry.instance < msg.from_instance:
-                raise ProtocolError(f"PromiseRange from {msg.acceptor_id} reports {entry}")
-            if entry.ballot.is_zero or entry.ballot >= msg.ballot:
-                raise ProtocolError(f"PromiseRange for {msg.ballot} reports {entry}")
+        check_promise_range(msg)
         current = (
             self._role is Role.CANDIDATE
             and msg.ballot == self._ballot
-            and msg.from_instance == self._from_instance
+            and msg.from_instance == self._campaign.from_instance
         )
-        if not current or msg.acceptor_id in self._promises:
-            return []
-        self._promises[msg.acceptor_id] = msg
-        if not is_quorum(self._promises, self.acceptor_ids):
+        if not current or not self._campaign.promise(msg, self.acceptor_ids):
             return []
         return self._become_leader(now) + self._rearm()
 
@@ -483,23 +307,15 @@ class Leader:
         _check_ballot(msg.ballot)
         if self._role is not Role.LEADER or msg.ballot != self._ballot:
             return []
-        entry = self._in_flight.get(msg.instance)
+        entry = self._pipeline.on_accepted(msg, self.acceptor_ids)
         if entry is None:
-            return []  # already chosen, or never ours
-        if msg.value != entry.value:
-            raise ProtocolError(
-                f"acceptor {msg.acceptor_id} reports a value ballot {msg.ballot} never "
-                f"carried for instance {msg.instance}"
-            )
-        if msg.acceptor_id in entry.accepted_by:
             return []
-        entry.accepted_by.add(msg.acceptor_id)
-        if not is_quorum(entry.accepted_by, self.acceptor_ids):
-            return []
-        del self._in_flight[msg.instance]
-        self._tokens.difference_update(entry.tokens)
-        self._note_chosen(msg.instance)
-        chosen = InstanceChosen(msg.instance, self._ballot, entry.value, entry.tokens)
+        self._chosen.note(msg.instance)
+        chosen = Chosen(
+            Decide(msg.instance, self._ballot, entry.value),
+            own_value_chosen=bool(entry.tokens),
+            tokens=entry.tokens,
+        )
         return [chosen, *self._fill_pipeline(now), *self._rearm()]
 
     def on_reject(self, msg: Reject, now: float) -> list[LeaderEffect]:
@@ -522,10 +338,10 @@ class Leader:
         if msg.ballot >= self._highest_seen:
             self._highest_seen = msg.ballot
             self._max_round = max(self._max_round, msg.ballot.round)
-            self._advance_chosen_through(msg.chosen_through)
+            self._chosen.advance(msg.chosen_through)
             if self._role is Role.FOLLOWER:
                 self._leader_id = msg.proposer_id
-                self._prevoting = False
+                self._election.prevoting = False
                 self._arm_election(now)
             else:
                 effects += self._step_down(
@@ -557,17 +373,16 @@ class Leader:
         self._check_acceptor(acceptor_id)
         if not seconds_since >= 0 or (leader_id is not None and leader_id < 0):
             raise ProtocolError(f"bad leader contact {leader_id}, {seconds_since}")
-        if self._role is not Role.FOLLOWER or not self._prevoting or seq != self._prevote_seq:
+        if self._role is not Role.FOLLOWER or not self._election.is_current(seq):
             return []
         other = leader_id is not None and leader_id != self.proposer_id
         if other and seconds_since < self.config.election_timeout:
             if self._leader_id is None:
                 self._leader_id = leader_id  # a hint for redirects
             return []
-        self._prevote_grants.add(acceptor_id)
-        if not is_quorum(self._prevote_grants, self.acceptor_ids):
+        if not self._election.grant(acceptor_id, self.acceptor_ids):
             return []
-        return self._campaign(now) + self._rearm()
+        return self._begin_campaign(now) + self._rearm()
 
     def on_learned(self, instance: int, now: float) -> list[LeaderEffect]:
         """``instance`` is chosen, as the driver heard from a learner. A leader
@@ -575,109 +390,45 @@ class Leader:
         most ``window`` instances beyond a gap."""
         if instance < 1:
             raise ProtocolError(f"instance must be >= 1, got {instance}")
-        if self._role is not Role.LEADER and instance <= self._chosen_through + self.config.window:
-            self._note_chosen(instance)
+        if self._role is not Role.LEADER and instance <= self._chosen.through + self.config.window:
+            self._chosen.note(instance)
         return []
 
     # Transitions --------------------------------------------------------------
 
-    def _pre_vote(self, now: float) -> list[LeaderEffect]:
-        """Ask the acceptors whether a leader is at work; if no majority grants
-        before the election timer fires again, ask again then."""
-        self._prevote_seq += 1
-        self._prevoting = True
-        self._prevote_grants = set()
-        self._arm_election(now)
-        return [AskLeaderContact(self._prevote_seq)]
-
-    def _campaign(self, now: float) -> list[LeaderEffect]:
-        self._prevoting = False
+    def _begin_campaign(self, now: float) -> list[LeaderEffect]:
+        self._election.prevoting = False
+        self._election.at = NEVER
         self._role = Role.CANDIDATE
         self._max_round = max(self._max_round, self._highest_seen.round) + 1
         self._ballot = self._highest_seen = Ballot(self._max_round, self.proposer_id)
         self._leader_id = None
-        self._from_instance = self._chosen_through + 1
-        self._promises = {}
-        self._campaigning = True
-        self._candidate_at = now + self.config.phase_timeout
-        self._election_at = _NEVER
-        return [SendToAcceptors(PrepareRange(self._from_instance, self._ballot))]
-
-    def _adopt(self, promises: Iterable[PromiseRange]) -> dict[int, bytes]:
-        """Per instance, the value of the highest accepted ballot among the
-        promises (P2c, section 2.2, for every instance at once: section 3)."""
-        best: dict[int, Accepted] = {}
-        for promise in promises:
-            for entry in promise.accepted:
-                known = best.get(entry.instance)
-                if known is None or entry.ballot > known.ballot:
-                    best[entry.instance] = entry
-        return {instance: entry.value for instance, entry in best.items()}
+        self._campaign.begin(self._chosen.through + 1, now + self.config.phase_timeout)
+        return [SendToAcceptors(PrepareRange(self._campaign.from_instance, self._ballot))]
 
     def _become_leader(self, now: float) -> list[LeaderEffect]:
-        promises = [self._promises[aid] for aid in sorted(self._promises)]
-        reported = [entry.instance for promise in promises for entry in promise.accepted]
         self._role = Role.LEADER
         self._leader_id = self.proposer_id
-        self._promises = {}
-        self._candidate_at = _NEVER
-        adopted = self._adopt(promises)
-        self._recovered = {i: v for i, v in adopted.items() if i > self._chosen_through}
-        self._recover_through = max(reported, default=self._from_instance - 1)
-        self._next_slot = max(self._from_instance, self._chosen_through + 1)
+        self._pipeline.restart(*self._campaign.won(self._chosen.through))
         self._heartbeat_at = now + self.config.heartbeat_interval
         return [
-            BecameLeader(self._ballot, self._from_instance),
+            BecameLeader(self._ballot, self._campaign.from_instance),
             self._heartbeat(),
             *self._fill_pipeline(now),
         ]
 
     def _fill_pipeline(self, now: float) -> list[LeaderEffect]:
-        """Start phase 2 for as many instances as the window allows: first the
-        recovered ones (adopted values, no-ops in the holes), then new commands."""
-        effects: list[LeaderEffect] = []
-        while self._next_slot - self._chosen_through <= self.config.window:
-            instance = self._next_slot
-            tokens: tuple[int, ...] = ()
-            if instance <= self._recover_through:
-                value = self._recovered.pop(instance, self.noop_value)
-            elif self._queue:
-                batch = [self._queue.popleft()]
-                size = len(batch[0][1])
-                while (
-                    self._queue
-                    and len(batch) < self.config.max_batch
-                    and size + len(self._queue[0][1]) <= self.config.max_batch_bytes
-                ):
-                    size += len(self._queue[0][1])
-                    batch.append(self._queue.popleft())
-                tokens = tuple(token for token, _ in batch)
-                value = self._encode_batch([command for _, command in batch])
-                effects.append(Assigned(instance, tokens))
-            else:
-                break
-            self._next_slot += 1
-            deadline = now + self.config.phase_timeout
-            self._in_flight[instance] = _InFlight(value, tokens, set(), deadline)
-            effects.append(SendToAcceptors(Accept(instance, self._ballot, value)))
-        return effects
+        return self._pipeline.fill(now, self._ballot, self._chosen.through, self._encode_batch)
 
     def _leader_timer(self, now: float) -> list[LeaderEffect]:
-        effects: list[LeaderEffect] = []
-        due = sorted(i for i, e in self._in_flight.items() if e.deadline <= now)
-        for instance in due:
-            if self._in_flight[instance].retransmits >= self.config.max_retransmits:
-                reason = (
-                    f"instance {instance} has no quorum for {self._ballot} "
-                    f"after {self.config.max_retransmits} retransmissions"
-                )
-                return self._step_down(now, None, reason)
-        for instance in due:
-            entry = self._in_flight[instance]
-            entry.retransmits += 1
-            entry.deadline = now + self.config.phase_timeout
-            missing = self.acceptor_ids - entry.accepted_by
-            effects.append(SendToAcceptors(Accept(instance, self._ballot, entry.value), missing))
+        stuck = self._pipeline.stuck(now)
+        if stuck is not None:
+            reason = (
+                f"instance {stuck} has no quorum for {self._ballot} "
+                f"after {self.config.max_retransmits} retransmissions"
+            )
+            return self._step_down(now, None, reason)
+        effects = self._pipeline.retransmit(now, self._ballot, self.acceptor_ids)
         if now >= self._heartbeat_at:
             self._heartbeat_at = now + self.config.heartbeat_interval
             effects.append(self._heartbeat())
@@ -696,63 +447,38 @@ class Leader:
         return self._step_down(now, hint, reason) + self._rearm()
 
     def _step_down(self, now: float, hint: int | None, reason: str) -> list[LeaderEffect]:
+        queued, assigned = self._pipeline.drain()
         effects: list[LeaderEffect] = [SteppedDown(hint, reason)]
-        if self._queue:
-            queued = tuple(token for token, _ in self._queue)
+        if queued:
             effects.append(Rejected(queued, hint, f"stepped down: {reason}"))
-        assigned = tuple(t for i in sorted(self._in_flight) for t in self._in_flight[i].tokens)
         if assigned:
             effects.append(OutcomeUnknown(assigned, f"stepped down: {reason}"))
         self._role = Role.FOLLOWER
         self._ballot = ZERO_BALLOT
         self._leader_id = hint
-        self._promises = {}
-        self._campaigning = False
-        self._candidate_at = _NEVER
-        self._heartbeat_at = _NEVER
-        self._queue.clear()
-        self._tokens.clear()
-        self._in_flight.clear()
-        self._recovered = {}
-        self._recover_through = 0
+        self._campaign.end()
+        self._heartbeat_at = NEVER
         self._arm_election(now)
         return effects
 
     # Helpers ------------------------------------------------------------------
 
     def _heartbeat(self) -> SendHeartbeat:
-        return SendHeartbeat(Heartbeat(self._ballot, self.proposer_id, self._chosen_through))
+        return SendHeartbeat(Heartbeat(self._ballot, self.proposer_id, self._chosen.through))
 
     def _arm_election(self, now: float) -> None:
-        timeout = self.config.election_timeout
-        self._election_at = now + self._rng.uniform(timeout, 2 * timeout)
-
-    def _note_chosen(self, instance: int) -> None:
-        if instance > self._chosen_through:
-            self._chosen_above.add(instance)
-            self._advance_chosen_through(self._chosen_through)
-
-    def _advance_chosen_through(self, chosen_through: int) -> None:
-        """Every instance <= ``chosen_through`` is chosen; keep going through
-        the instances known chosen above it, so that the prefix stays contiguous."""
-        if chosen_through > self._chosen_through:
-            self._chosen_through = chosen_through
-            self._chosen_above = {i for i in self._chosen_above if i > chosen_through}
-        while self._chosen_through + 1 in self._chosen_above:
-            self._chosen_through += 1
-            self._chosen_above.discard(self._chosen_through)
+        self._election.arm(now, self._rng, self.config.election_timeout)
 
     def _deadline(self) -> float:
         if self._role is Role.FOLLOWER:
-            return self._election_at
+            return self._election.at
         if self._role is Role.CANDIDATE:
-            return self._candidate_at
-        deadlines = (entry.deadline for entry in self._in_flight.values())
-        return min(self._heartbeat_at, *deadlines) if self._in_flight else self._heartbeat_at
+            return self._campaign.deadline
+        return min(self._heartbeat_at, self._pipeline.next_deadline())
 
     def _rearm(self) -> list[LeaderEffect]:
         at = self._deadline()
-        if at == self._timer_at or at == _NEVER:
+        if at in (self._timer_at, NEVER):
             return []
         self._timer_at = at
         return [SetTimer(at)]

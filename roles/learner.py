@@ -16,6 +16,24 @@ means two values were chosen for one instance. The learner then returns a
 and does no I/O: the caller (the learner server) decides what to do about it.
 In a correct cluster no conflict ever happens, so the votes kept for other
 values are only those of ballots that lost (at most one per acceptor and ballot).
+
+State table, in the manner of h11's, per instance (an Accepted is one
+acceptor's vote; "a majority": with this vote, a majority of acceptors has
+accepted its ballot, now or already)::
+
+    state          input                                next           returns
+    -------------  -----------------------------------  -------------  --------------------
+    UNDECIDED      Accepted(b, v), no majority yet      UNDECIDED      None
+    UNDECIDED      Accepted(b, v), a majority           DECIDED(b, v)  Learned(b, v)
+    UNDECIDED      Decide(b, v)                         DECIDED(b, v)  Learned(b, v)
+    DECIDED(b, v)  Accepted(_, v) or Decide(_, v)       DECIDED(b, v)  Learned(b, v)
+    DECIDED(b, v)  Accepted(c, w), w != v, no majority  DECIDED(b, v)  Learned(b, v)
+    DECIDED(b, v)  Accepted(c, w), w != v, a majority   DECIDED(b, v)  Conflict(b, v; c, w)
+    DECIDED(b, v)  Decide(c, w), w != v                 DECIDED(b, v)  Conflict(b, v; c, w)
+
+An input with the zero ballot or for an instance < 1, and an Accepted from an
+unknown acceptor or with a second value for one ballot, raise
+:class:`ProtocolError` and change nothing.
 """
 
 from __future__ import annotations

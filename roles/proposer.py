@@ -14,28 +14,57 @@ promises, or the client's own value if no acceptor of the quorum accepted one
 random backoff (exponential, capped) before a higher round, so duelling
 proposers drift apart instead of preempting each other forever.
 
+State table, in the manner of h11's (``b``: the current ballot; "timer": a
+call of ``on_timer`` at or after the time of the last :class:`SetTimer`)::
+
+    state         input                            next         effects
+    ------------  -------------------------------  -----------  --------------------------------
+    (new)         start()                          PREPARING    SendToAcceptors(Prepare), SetTimer
+    PREPARING     Promise for b, now a majority    ACCEPTING    SendToAcceptors(Accept), SetTimer
+    ACCEPTING     Accepted for b, now a majority   CHOSEN       Chosen
+    PREPARING     Reject of b, promised above b    BACKING_OFF  SetTimer (the backoff)
+    ACCEPTING     Reject of b, promised above b    BACKING_OFF  SetTimer (the backoff)
+    PREPARING     timer, before the deadline       BACKING_OFF  SetTimer (the backoff)
+    ACCEPTING     timer, before the deadline       BACKING_OFF  SetTimer (the backoff)
+    BACKING_OFF   timer, before the deadline       PREPARING    SendToAcceptors(Prepare), SetTimer
+    BACKING_OFF   Reject of b, promised above b    BACKING_OFF  none (its round is remembered)
+    not finished  timer, at the deadline           GAVE_UP      GaveUp
+    not finished  on_timer before the timer        unchanged    SetTimer (the same time again)
+    PREPARING     Promise for b, no majority yet   PREPARING    none (the promise is counted)
+    ACCEPTING     Accepted for b, no majority yet  ACCEPTING    none (the vote is counted)
+    any           any other reply (another ballot, unchanged    none
+                  a Reject not above b, a phase's
+                  reply out of phase, a duplicate)
+    CHOSEN        anything                         unchanged    none
+    GAVE_UP       anything                         unchanged    none
+
+"(new)" is BACKING_OFF before the first attempt. Each Prepare carries a new
+ballot above every round seen; each phase's timer is ``phase_timeout`` away,
+the backoff's a random time in ``[0, cap)``, and no timer is later than the
+deadline. The Accept carries the value P2c picks, and :class:`Chosen` says
+whether it was the client's (``own_value_chosen``).
+
+A reply for another instance or from an unknown acceptor raises
+:class:`ProtocolError`, as does an Accepted carrying a value ``b`` never did.
+
 The proposer reads no clock and draws no randomness of its own: every input
 carries ``now`` (seconds on any monotonic scale) and randomness comes from the
-injected :class:`RandomSource`. Timers are requested with :class:`SetTimer`;
-the caller calls :meth:`Proposer.on_timer` when that time has come.
+injected :class:`~roles.rng.RandomSource`. Timers are requested with
+:class:`~roles.effects.SetTimer`; the caller calls :meth:`Proposer.on_timer`
+when that time has come.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
 
 from roles.ballot import ZERO_BALLOT, Ballot
+from roles.effects import Chosen, SendToAcceptors, SetTimer
 from roles.errors import ProtocolError
 from roles.messages import Accept, Accepted, Decide, Prepare, Promise, Reject
 from roles.quorum import is_quorum
-
-
-class RandomSource(Protocol):
-    """What the proposer needs of a random generator (``random.Random`` fits)."""
-
-    def uniform(self, a: float, b: float) -> float: ...
+from roles.rng import RandomSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,31 +90,6 @@ class Phase(enum.Enum):
     GAVE_UP = "gave_up"
 
 
-# Effects: what the caller must do after a step.
-
-
-@dataclass(frozen=True, slots=True)
-class Broadcast:
-    """Send ``message`` to every acceptor."""
-
-    message: Prepare | Accept
-
-
-@dataclass(frozen=True, slots=True)
-class SetTimer:
-    """Call :meth:`Proposer.on_timer` at time ``at`` (replaces any earlier timer)."""
-
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Chosen:
-    """A value is chosen. Send ``decide`` to the learners and answer the client."""
-
-    decide: Decide
-    own_value_chosen: bool
-
-
 @dataclass(frozen=True, slots=True)
 class GaveUp:
     """The deadline passed before a value was chosen."""
@@ -95,7 +99,9 @@ class GaveUp:
     last_ballot: Ballot
 
 
-Effect = Broadcast | SetTimer | Chosen | GaveUp
+#: What the caller must do after a step (the first three are shared with the
+#: leader, see :mod:`roles.effects`).
+Effect = SendToAcceptors[Prepare | Accept] | SetTimer | Chosen | GaveUp
 _FINISHED = (Phase.CHOSEN, Phase.GAVE_UP)
 
 
@@ -189,7 +195,7 @@ class Proposer:
         self._accepted_by = set()
         self._proposed_value = None
         prepare = Prepare(self.instance, self.ballot)
-        return [Broadcast(prepare), self._arm(now + self.config.phase_timeout)]
+        return [SendToAcceptors(prepare), self._arm(now + self.config.phase_timeout)]
 
     def _on_promise(self, msg: Promise, now: float) -> list[Effect]:
         if self.phase is not Phase.PREPARING:
@@ -204,7 +210,7 @@ class Proposer:
             self._proposed_value = self.value
         self.phase = Phase.ACCEPTING
         accept = Accept(self.instance, self.ballot, self._proposed_value)
-        return [Broadcast(accept), self._arm(now + self.config.phase_timeout)]
+        return [SendToAcceptors(accept), self._arm(now + self.config.phase_timeout)]
 
     def _on_accepted(self, msg: Accepted, now: float) -> list[Effect]:
         if self.phase is not Phase.ACCEPTING:

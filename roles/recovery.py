@@ -6,7 +6,7 @@ old self, can let two values be chosen. So every acceptor's file carries an
 *incarnation* (a random id made when the file is created), and every acceptor
 durably records the incarnation it has seen for each of its peers. The I/O
 (the ``Introduce`` and ``GetRecoveryInfo`` RPCs, the retry loops, the files)
-lives in :mod:`paxos_service.identity`, with the full safety argument; this
+lives in :mod:`paxos_service.node.identity`, with the full safety argument; this
 module holds only the decisions, so that they can be tested exhaustively:
 
 * :func:`decide_join`: a new file (status JOINING) may vote only once *every*
@@ -31,19 +31,33 @@ from roles.acceptor import AcceptorState, RangePromise
 from roles.ballot import ZERO_BALLOT, Ballot
 
 
-class Status(enum.Enum):
-    """The lifecycle of one acceptor file, as stored in it."""
+class AcceptorStatus(enum.Enum):
+    """The lifecycle of one acceptor: whether it votes, and if not, why.
+
+    One enum for the file, the process and the wire. A file stores JOINING,
+    VOTING, RECOVERING or RETIRED; the process adds what it learns while it
+    runs (CONFIRMING, WIPED, STORAGE_FAILED); ``pb.AcceptorStatus`` carries
+    each as ``ACCEPTOR_STATUS_<NAME>``."""
 
     #: A new file. It does not vote until every peer vouched that its id is new.
     JOINING = "joining"
+    #: An existing file, restarted: it does not vote until a peer confirms
+    #: that its incarnation is still the one the cluster knows.
+    CONFIRMING = "confirming"
     #: Votes. (Files from before identity tracking have no status: VOTING.)
     VOTING = "voting"
+    #: A new file whose id voted before: its data was lost. Never votes until
+    #: ``paxos acceptor recover`` rebuilds it.
+    WIPED = "wiped"
     #: ``paxos acceptor recover`` wrote the rebuilt state but has not yet told
     #: every peer the new incarnation. Does not vote; run recover again.
     RECOVERING = "recovering"
     #: A peer knows another incarnation for this id: the id was recovered
     #: elsewhere. Never votes again.
     RETIRED = "retired"
+    #: Storage failed while recording an identity; votes again once restarted
+    #: on healthy storage.
+    STORAGE_FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +166,7 @@ class RecoveryInfo:
 
     peer_id: int
     incarnation: str
-    #: Whether it votes; ``standing`` says how it stands if not ("joining", "wiped", ...).
+    #: Whether it votes; ``status`` says why not ("joining", "wiped", ...).
     voting: bool
     #: The highest ballot it promised: over every instance and its range promise.
     promised_ballot: Ballot
@@ -162,7 +176,7 @@ class RecoveryInfo:
     no_vote_through: int
     #: The incarnation it knows for the acceptor being recovered ("" if none).
     known_incarnation: str = ""
-    standing: str = "voting"
+    status: str = "voting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +228,7 @@ def plan_recovery(
         raise ValueError(f"reports from acceptors that are not peers: {strangers}")
     not_voting = sorted(p for p, info in infos.items() if not info.voting)
     if not_voting:
-        detail = ", ".join(f"acceptor {p} is {infos[p].standing}" for p in not_voting)
+        detail = ", ".join(f"acceptor {p} is {infos[p].status}" for p in not_voting)
         raise RecoveryRefused(
             f"recovery needs every other acceptor voting ({detail}); with more than one "
             "acceptor's data lost, what they chose together may be known to nobody"

@@ -5,6 +5,7 @@ See :mod:`paxos_service.bench.runner` for what it does and
 surface is :func:`main` (``main(argv) -> exit code``) and :func:`build_parser`.
 """
 
-from paxos_service.bench.runner import build_parser, main
+from paxos_service.bench._args import build_parser
+from paxos_service.bench.runner import main
 
 __all__ = ["build_parser", "main"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from paxos_service.processes import stop_all
+from paxos_service.core.processes import stop_all
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -52,16 +52,21 @@ def ensure_etcd(log: TextIO = sys.stderr) -> str:
     install = ["apt-get", "install", "-y", "--no-install-recommends", DEBIAN_PACKAGE]
     print(f"etcd not found: {' '.join(install)} ...", file=log, flush=True)
     first = subprocess.run(
-        install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT
+        install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False
     )
     if first.returncode != 0:
         # A fresh machine often has no package lists yet.
         print("apt-get update ...", file=log, flush=True)
         subprocess.run(
-            ["apt-get", "update"], env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT
+            ["apt-get", "update"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+            check=False,
         )
         second = subprocess.run(
-            install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT
+            install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False
         )
         if second.returncode != 0:
             tail = "\n".join((second.stderr or second.stdout).strip().splitlines()[-5:])
@@ -84,7 +89,7 @@ def _find_etcd() -> str | None:
 def etcd_version(binary: str) -> str:
     try:
         out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

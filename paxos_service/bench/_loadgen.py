@@ -17,7 +17,7 @@ CLOCK_MONOTONIC on Linux, so the parent's ``start_at`` means the same instant
 in every worker.
 
 The same loop drives either system: :class:`PaxosDriver` goes through the
-public :class:`~paxos_service.kv_client.AsyncKvClient` (puts, and gets that
+public :class:`~paxos_service.client.kv.AsyncKvClient` (puts, and gets that
 are linearizable through the log); :class:`EtcdDriver` goes through etcd's v3
 JSON gateway (``/v3/kv/put`` and ``/v3/kv/range``, linearizable by default),
 one keep-alive HTTP/1.1 connection per task.
@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from paxos_service.bench._http import HttpConnection
-from paxos_service.kv_client import AsyncKvClient
+from paxos_service.client.kv import AsyncKvClient
 
 #: How long a task pauses after a failed request, so a down server is not
 #: hammered in a tight loop (and the error count stays meaningful).

@@ -150,21 +150,35 @@ class Report:
     # Text ---------------------------------------------------------------
 
     def text(self) -> str:
-        out: list[str] = []
+        sections = [
+            self._text_runs(),
+            self._text_ratios(),
+            *(self._text_cpu(target) for target in dict.fromkeys(r.target for r in self.runs)),
+            self._text_memory(),
+            self._text_idle_cpu(),
+            self._text_disk(),
+            *(
+                _text_profile(run, name, profile)
+                for run in self.runs
+                for name, profile in run.profiles.items()
+            ),
+            self._text_errors(),
+        ]
+        return "\n".join(line for section in sections for line in section)
+
+    def _text_runs(self) -> list[str]:
+        """The title line and one row per run; the only section with no blank line before it."""
         meta = self.meta
-        out.append(
+        out = [
             f"{meta.get('title', 'paxos-service benchmark')}: {meta.get('value_size')}-byte "
             f"values, {meta.get('keys')} keys, {meta.get('duration_s')} s per run after "
             f"{meta.get('warmup_s')} s warm-up, load generator processes: "
             f"{meta.get('load_processes')}, "
-            f"{meta.get('cpus')} CPUs (load average {meta.get('loadavg_start')} at start)"
-        )
-        out.append("")
-        header = (
+            f"{meta.get('cpus')} CPUs (load average {meta.get('loadavg_start')} at start)",
+            "",
             f"{'LEVEL':>5}  {'OP':<4} {'SYSTEM':<6} {'OPS/S':>9} {'P50 MS':>8} {'P95 MS':>8} "
-            f"{'P99 MS':>8} {'MAX MS':>8} {'ERRORS':>6}  {'SERVER CPU/S':>12}"
-        )
-        out.append(header)
+            f"{'P99 MS':>8} {'MAX MS':>8} {'ERRORS':>6}  {'SERVER CPU/S':>12}",
+        ]
         for run in self.runs:
             lat = run.latency
             cpu_rate = sum(run.cpu_s.values()) / run.duration_s if run.duration_s else 0.0
@@ -173,107 +187,108 @@ class Report:
                 f"{lat.p50_ms:>8.2f} {lat.p95_ms:>8.2f} {lat.p99_ms:>8.2f} {lat.max_ms:>8.2f} "
                 f"{run.error_count:>6}  {cpu_rate:>12.2f}"
             )
+        return out
+
+    def _text_ratios(self) -> list[str]:
         ratios = self.ratios()
-        if ratios:
-            out.append("")
+        if not ratios:
+            return []
+        out = [
+            "",
+            "Ratio paxos/etcd (throughput: above 1 is better; latency: below 1 is better)",
+            f"{'LEVEL':>5}  {'OP':<4} {'OPS/S':>7} {'P50':>7} {'P95':>7} {'P99':>7} {'CPU/OP':>7}",
+        ]
+        for row in ratios:
             out.append(
-                "Ratio paxos/etcd (throughput: above 1 is better; latency: below 1 is better)"
+                f"{row['level']:>5}  {row['op']:<4} {_x(row['throughput'])} {_x(row['p50'])} "
+                f"{_x(row['p95'])} {_x(row['p99'])} {_x(row['cpu_per_op'])}"
             )
-            out.append(
-                f"{'LEVEL':>5}  {'OP':<4} {'OPS/S':>7} {'P50':>7} {'P95':>7} {'P99':>7} "
-                f"{'CPU/OP':>7}"
+        return out
+
+    def _text_cpu(self, target: str) -> list[str]:
+        """CPU seconds per process for one system's runs."""
+        runs = [run for run in self.runs if run.target == target]
+        names = list(runs[0].cpu_s)
+        batching = any(run.log_instances for run in runs)
+        out = [
+            "",
+            f"{target}: CPU seconds per process in each {runs[0].duration_s:g} s window; "
+            "load-gen: all load generator processes; CPU MS/OP: all servers"
+            + ("; CMD/INST: requests per log instance" if batching else ""),
+            f"{'LEVEL':>5}  {'OP':<4} "
+            + " ".join(f"{n:>11}" for n in names)
+            + f" {'load-gen':>9} {'CPU MS/OP':>9}"
+            + (f" {'CMD/INST':>8}" if batching else ""),
+        ]
+        for run in runs:
+            cells = " ".join(f"{run.cpu_s.get(n, 0.0):>11.2f}" for n in names)
+            line = (
+                f"{run.level:>5}  {run.op:<4} {cells} {run.loadgen_cpu_s:>9.2f} "
+                f"{_cpu_per_op(run) * 1000:>9.2f}"
             )
-            for row in ratios:
+            if batching:
+                per = run.commands_per_instance
+                line += f" {per:>8.2f}" if per is not None else f" {'-':>8}"
+            out.append(line)
+        return out
+
+    def _text_memory(self) -> list[str]:
+        if not self.rss_before:
+            return []
+        out = [
+            "",
+            "Resident memory (MiB): before the first run, after the last, peak",
+            f"{'PROCESS':<14} {'BEFORE':>8} {'AFTER':>8} {'PEAK':>8}",
+        ]
+        for target, before in self.rss_before.items():
+            after = self.rss_after.get(target, {})
+            peak = self.rss_peak.get(target, {})
+            for name, value in before.items():
                 out.append(
-                    f"{row['level']:>5}  {row['op']:<4} {_x(row['throughput'])} {_x(row['p50'])} "
-                    f"{_x(row['p95'])} {_x(row['p99'])} {_x(row['cpu_per_op'])}"
+                    f"{name:<14} {value / MIB:>8.1f} {after.get(name, 0) / MIB:>8.1f} "
+                    f"{peak.get(name, 0) / MIB:>8.1f}"
                 )
-        for target in dict.fromkeys(run.target for run in self.runs):
-            runs = [run for run in self.runs if run.target == target]
-            names = list(runs[0].cpu_s)
-            out.append("")
-            batching = any(run.log_instances for run in runs)
+        return out
+
+    def _text_idle_cpu(self) -> list[str]:
+        if not self.idle_cpu:
+            return []
+        out = ["", "Idle CPU (cores used with no load, before the first run)"]
+        for target, idle in self.idle_cpu.items():
+            cells = ", ".join(f"{name} {cores:.3f}" for name, cores in idle.items())
+            out.append(f"{target:<6} {sum(idle.values()):.3f}: {cells}")
+        return out
+
+    def _text_disk(self) -> list[str]:
+        if not self.disk:
+            return []
+        out = [
+            "",
+            "Disk (every member's data directory; etcd preallocates its WAL): "
+            "before, after, growth",
+        ]
+        for target, disk in self.disk.items():
+            puts, gets = disk.get("puts", 0), disk.get("gets", 0)
+            growth = disk.get("after", 0) - disk.get("before", 0)
+            per_put = f"{growth / puts:.0f} B/put" if puts else "-"
+            seconds = disk.get("seconds", 0)
+            per_minute = f"{growth / MIB / seconds * 60:.1f} MiB/min" if seconds else "-"
             out.append(
-                f"{target}: CPU seconds per process in each {runs[0].duration_s:g} s window; "
-                "load-gen: all load generator processes; CPU MS/OP: all servers"
-                + ("; CMD/INST: requests per log instance" if batching else "")
+                f"{target:<6} {disk.get('before', 0) / MIB:>8.1f} MiB "
+                f"{disk.get('after', 0) / MIB:>8.1f} MiB  +{growth / MIB:.1f} MiB "
+                f"({puts} puts, {gets} gets: {per_put}, {per_minute})"
             )
-            out.append(
-                f"{'LEVEL':>5}  {'OP':<4} "
-                + " ".join(f"{n:>11}" for n in names)
-                + f" {'load-gen':>9} {'CPU MS/OP':>9}"
-                + (f" {'CMD/INST':>8}" if batching else "")
-            )
-            for run in runs:
-                cells = " ".join(f"{run.cpu_s.get(n, 0.0):>11.2f}" for n in names)
-                line = (
-                    f"{run.level:>5}  {run.op:<4} {cells} {run.loadgen_cpu_s:>9.2f} "
-                    f"{_cpu_per_op(run) * 1000:>9.2f}"
-                )
-                if batching:
-                    per = run.commands_per_instance
-                    line += f" {per:>8.2f}" if per is not None else f" {'-':>8}"
-                out.append(line)
-        if self.rss_before:
-            out.append("")
-            out.append("Resident memory (MiB): before the first run, after the last, peak")
-            out.append(f"{'PROCESS':<14} {'BEFORE':>8} {'AFTER':>8} {'PEAK':>8}")
-            for target, before in self.rss_before.items():
-                after = self.rss_after.get(target, {})
-                peak = self.rss_peak.get(target, {})
-                for name, value in before.items():
-                    out.append(
-                        f"{name:<14} {value / MIB:>8.1f} {after.get(name, 0) / MIB:>8.1f} "
-                        f"{peak.get(name, 0) / MIB:>8.1f}"
-                    )
-        if self.idle_cpu:
-            out.append("")
-            out.append("Idle CPU (cores used with no load, before the first run)")
-            for target, idle in self.idle_cpu.items():
-                cells = ", ".join(f"{name} {cores:.3f}" for name, cores in idle.items())
-                out.append(f"{target:<6} {sum(idle.values()):.3f}: {cells}")
-        if self.disk:
-            out.append("")
-            out.append(
-                "Disk (every member's data directory; etcd preallocates its WAL): "
-                "before, after, growth"
-            )
-            for target, disk in self.disk.items():
-                puts, gets = disk.get("puts", 0), disk.get("gets", 0)
-                growth = disk.get("after", 0) - disk.get("before", 0)
-                per_put = f"{growth / puts:.0f} B/put" if puts else "-"
-                seconds = disk.get("seconds", 0)
-                per_minute = f"{growth / MIB / seconds * 60:.1f} MiB/min" if seconds else "-"
-                out.append(
-                    f"{target:<6} {disk.get('before', 0) / MIB:>8.1f} MiB "
-                    f"{disk.get('after', 0) / MIB:>8.1f} MiB  +{growth / MIB:.1f} MiB "
-                    f"({puts} puts, {gets} gets: {per_put}, {per_minute})"
-                )
-        for run in self.runs:
-            for name, profile in run.profiles.items():
-                out.append("")
-                if "error" in profile:
-                    out.append(
-                        f"py-spy {run.target} {run.op} c={run.level} {name}: {profile['error']}"
-                    )
-                    continue
-                out.append(
-                    f"py-spy {run.target} {run.op} c={run.level} {name}: "
-                    f"{profile['samples']} samples holding the GIL; most self time:"
-                )
-                for function, pct in profile["self_pct"][:PROFILE_LINES]:
-                    out.append(f"  {pct:5.1f}%  {function}")
-                out.append("  ... and most inclusive time (dispatch frames left out):")
-                for function, pct in profile["inclusive_pct"][:PROFILE_LINES]:
-                    out.append(f"  {pct:5.1f}%  {function}")
+        return out
+
+    def _text_errors(self) -> list[str]:
         errors = [run for run in self.runs if run.error_samples]
-        if errors:
-            out.append("")
-            out.append("Errors (samples)")
-            for run in errors:
-                for sample in run.error_samples:
-                    out.append(f"  {run.target} {run.op} c={run.level}: {sample}")
-        return "\n".join(out)
+        if not errors:
+            return []
+        out = ["", "Errors (samples)"]
+        for run in errors:
+            for sample in run.error_samples:
+                out.append(f"  {run.target} {run.op} c={run.level}: {sample}")
+        return out
 
     # Plot ---------------------------------------------------------------
 
@@ -328,6 +343,22 @@ class Report:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return None
+
+
+def _text_profile(run: RunRecord, name: str, profile: dict[str, Any]) -> list[str]:
+    """One server process's py-spy summary (or why there is none)."""
+    where = f"py-spy {run.target} {run.op} c={run.level} {name}"
+    if "error" in profile:
+        return ["", f"{where}: {profile['error']}"]
+    out = ["", f"{where}: {profile['samples']} samples holding the GIL; most self time:"]
+    out.extend(
+        f"  {pct:5.1f}%  {function}" for function, pct in profile["self_pct"][:PROFILE_LINES]
+    )
+    out.append("  ... and most inclusive time (dispatch frames left out):")
+    out.extend(
+        f"  {pct:5.1f}%  {function}" for function, pct in profile["inclusive_pct"][:PROFILE_LINES]
+    )
+    return out
 
 
 def _cpu_per_op(run: RunRecord) -> float:

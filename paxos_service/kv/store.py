@@ -3,7 +3,7 @@
 This module knows the schema and how to create, open and check the file; the
 key-value semantics live in ``state_machine.py``.
 
-Durability follows the acceptor's storage (``paxos_service/sqlite_storage.py``),
+Durability follows the acceptor's storage (``paxos_service/storage/sqlite.py``),
 whose SQLAlchemy event listeners we reuse: ``journal_mode=WAL`` with
 ``synchronous=FULL`` (a commit is fsynced before it returns), and every
 transaction begins with ``BEGIN IMMEDIATE``.
@@ -12,7 +12,7 @@ A new file is built under a temporary name and renamed into place only once
 its schema and identity are committed, so a crash during creation never leaves
 a half-made file at ``path``. An existing file that is empty, fails SQLite's
 integrity check, or is not a key-value state machine database (for example an
-acceptor's) is refused with :class:`~paxos_service.storage.StorageCorrupt`.
+acceptor's) is refused with :class:`~paxos_service.storage.contract.StorageCorrupt`.
 
 Integers: SQLite stores signed 64-bit integers. Client ids are ``uint64`` on
 the wire and are stored in two's complement (ids below 2**63, the usual case,
@@ -45,9 +45,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from paxos_service.sqlite_setup import durable_engine
-from paxos_service.sqlite_setup import error_reason as _reason
-from paxos_service.storage import StorageCorrupt, StorageError
+from paxos_service.storage.contract import StorageCorrupt, StorageError
+from paxos_service.storage.sqlite_setup import durable_engine
+from paxos_service.storage.sqlite_setup import error_reason as _reason
 
 SCHEMA_VERSION = "1"
 KIND = "paxos-kv-state-machine"

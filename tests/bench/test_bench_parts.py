@@ -8,9 +8,10 @@ import os
 import pytest
 
 from paxos_service.bench import _proc
+from paxos_service.bench._args import build_parser
 from paxos_service.bench._http import HttpConnection, HttpError
+from paxos_service.bench._runs import _split
 from paxos_service.bench._stats import percentile, ratio, summarize
-from paxos_service.bench.runner import _split, build_parser
 
 
 def test_nearest_rank_percentiles() -> None:

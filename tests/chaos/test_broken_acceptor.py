@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from paxos_service.chaos import cli
-from paxos_service.chaos.harness import BROKEN_ACCEPTOR_MODES, Harness
 from paxos_testing import broken_acceptor
+from paxos_testing.chaos import cli
+from paxos_testing.chaos.harness import Harness
+from paxos_testing.chaos.nodes import BROKEN_ACCEPTOR_MODES
 from roles import (
     Accept,
     Accepted,
@@ -166,7 +167,7 @@ def test_the_flags_are_replayed_and_checked(capsys: pytest.CaptureFixture[str]) 
         ["--duration", "28s", "--broken-acceptor", "promise-lower", "--broken-acceptors", "2"]
     )
     assert cli.replay_command(args, 3) == (
-        "python -m paxos_service.chaos --duration 28s --seed 3 "
+        "python -m paxos_testing.chaos --duration 28s --seed 3 "
         "--broken-acceptor promise-lower --broken-acceptors 2"
     )
     with pytest.raises(SystemExit):

@@ -5,7 +5,7 @@ Seed 74 plans, in 28 s: a split brain (the leader and one learner cut off
 from the other proposers and learner, both halves still reaching every
 acceptor, the leader paused until another proposer leads and then
 continued), a failed fsync on one acceptor, and a pause of the leader
-(nemesis.plan_schedule; test_checkers pins the kinds). The run must pass,
+(schedule.plan_schedule; test_checkers pins the kinds). The run must pass,
 write its report, and leave nothing behind: no namespace, mount, hosts file,
 fiu FIFO or process of its own.
 
@@ -31,7 +31,7 @@ DURATION = "28s"
 
 def _run(args: list[str], user: list[str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*(user or []), sys.executable, "-m", "paxos_service.chaos", *args],
+        [*(user or []), sys.executable, "-m", "paxos_testing.chaos", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -122,7 +122,7 @@ def test_without_root_it_says_so_and_exits_2(
     """As an ordinary user the harness stops at once with a clear message and
     exit 2. In-process, with geteuid reporting "nobody": a real ordinary user
     may not even be able to read a checkout made by mktemp (0700)."""
-    from paxos_service.chaos.cli import main
+    from paxos_testing.chaos.cli import main
 
     monkeypatch.setattr(os, "geteuid", lambda: 65534)
     code = main(["--duration", "1s", "--out", str(tmp_path / "x")])

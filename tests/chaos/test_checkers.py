@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from paxos_service.chaos import checkers, cli, report
-from paxos_service.chaos.checkers import (
+from paxos_testing.chaos import checkers, cli, report
+from paxos_testing.chaos.checkers import (
     AcceptedEntry,
     AcceptorState,
     KeyState,
@@ -25,9 +25,9 @@ from paxos_service.chaos.checkers import (
     ProcessRecord,
     StorageFault,
 )
-from paxos_service.chaos.nemesis import FAULT_KINDS, FaultRecord, PlannedFault, plan_schedule
-from paxos_service.chaos.run import Outcome, RunConfig
-from paxos_service.linearizability import Operation
+from paxos_testing.chaos.run import Outcome, RunConfig
+from paxos_testing.chaos.schedule import FAULT_KINDS, FaultRecord, PlannedFault, plan_schedule
+from paxos_testing.linearizability import Operation
 
 NODES = [f"acceptor-{i}" for i in range(3)] + [f"proposer-{i}" for i in range(3)]
 NODES += ["learner-0", "learner-1"]
@@ -206,10 +206,12 @@ def test_the_report_and_exit_status_say_violation() -> None:
     )
     result = checkers.judge(obs)
     summary = report.summarize(
-        seed=7,
-        duration=20.0,
-        elapsed=25.0,
-        replay="python -m paxos_service.chaos --duration 20s --seed 7",
+        report.RunInfo(
+            seed=7,
+            duration=20.0,
+            elapsed=25.0,
+            replay="python -m paxos_testing.chaos --duration 20s --seed 7",
+        ),
         history=obs.history,
         records=[],
         result=result,
@@ -273,10 +275,12 @@ def test_the_command_exits_1_on_a_violation_and_prints_the_replay(
     def fake_run(config: RunConfig) -> Outcome:
         result = checkers.judge(obs)
         summary = report.summarize(
-            seed=config.seed,
-            duration=config.duration,
-            elapsed=config.duration,
-            replay=config.replay,
+            report.RunInfo(
+                seed=config.seed,
+                duration=config.duration,
+                elapsed=config.duration,
+                replay=config.replay,
+            ),
             history=obs.history,
             records=[],
             result=result,
@@ -291,7 +295,7 @@ def test_the_command_exits_1_on_a_violation_and_prints_the_replay(
     out = capsys.readouterr().out
     assert status == cli.EXIT_VIOLATION
     assert "verdict: VIOLATION" in out
-    assert "replay with: python -m paxos_service.chaos --duration 20s --seed 99" in out
+    assert "replay with: python -m paxos_testing.chaos --duration 20s --seed 99" in out
 
 
 def test_the_command_exits_2_without_root(
@@ -308,6 +312,6 @@ def test_the_replay_command_repeats_every_non_default_flag() -> None:
         ["--duration", "90s", "--kinds", "kill,fsync", "--clients", "2", "--fault-seconds", "1-2"]
     )
     assert cli.replay_command(args, 5) == (
-        "python -m paxos_service.chaos --duration 90s --seed 5 --clients 2 "
+        "python -m paxos_testing.chaos --duration 90s --seed 5 --clients 2 "
         "--fault-seconds 1-2 --kinds kill,fsync"
     )

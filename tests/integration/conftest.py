@@ -17,3 +17,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def ns(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own."""
+    return f"{request.node.name}/"

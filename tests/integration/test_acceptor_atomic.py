@@ -21,10 +21,11 @@ from typing import Any
 import grpc
 import pytest
 
-from paxos_service.acceptor_server import AcceptorServicer, GroupCommitter
-from paxos_service.config import AcceptorConfig
-from paxos_service.sqlite_storage import SqliteAcceptorStorage
-from paxos_service.storage import StorageError
+from paxos_service.core.config import AcceptorConfig
+from paxos_service.servers.acceptor import AcceptorServicer
+from paxos_service.storage.contract import StorageError
+from paxos_service.storage.group_commit import GroupCommitter
+from paxos_service.storage.sqlite import SqliteAcceptorStorage
 from paxos_service.v1 import paxos_pb2 as pb
 from roles import AcceptorState, RangePromise
 
@@ -100,9 +101,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     committer = GroupCommitter(storage, executor)
     committer.start()
     config = AcceptorConfig(node_id=0, listen="sim", db_path=tmp_path / "a.db")
-    servicer = AcceptorServicer(config, {}, committer)
-    servicer._max_resident = MAX_RESIDENT
-    servicer._resident_after_eviction = MAX_RESIDENT // 2
+    servicer = AcceptorServicer(config, {}, committer, max_resident=MAX_RESIDENT)
     try:
         yield Node(servicer, storage, executor)
     finally:
@@ -141,12 +140,12 @@ async def until_queued(node: Node, jobs: int) -> None:
 
 
 async def test_a_range_read_sees_instances_evicted_while_it_reads(node: Node) -> None:
-    """Issue 11, race 1. On the old code this failed every time: the reply
+    """Race 1: a range read racing an eviction. On the old code this failed every time: the reply
     reported instances 1-16 and 33-47 and left out 17-32, whose votes the
     eviction moved to disk while the disk read (bounded by the old
     ``spilled_through``) waited behind the commit that triggered it."""
     await fill(node, 46)  # evicted once: 1..16 on disk only, 17..46 in memory
-    assert node.servicer.spilled_through == 16
+    assert node.servicer.window.spilled_through == 16
     gate = await node.hold_now()
     late = asyncio.create_task(accept(node, 47, ballot(1, 1), b"v47"))
     await until_queued(node, 1)  # its commit, behind the gate: it will evict
@@ -165,12 +164,12 @@ async def test_a_range_read_sees_instances_evicted_while_it_reads(node: Node) ->
 async def test_an_accept_waiting_on_disk_is_judged_against_the_newest_range_promise(
     node: Node,
 ) -> None:
-    """Issue 11, race 2. On the old code the Accept read the range-promise
-    floor before awaiting the disk read of evicted instance 5; the PrepareRange
-    queued first promised 2.0 meanwhile, and the Accept still accepted 1.2 <
-    2.0: the reply below had ``accepted`` set."""
+    """Race 2: an Accept judged against a stale range promise. On the old code
+    the Accept read the range-promise floor before awaiting the disk read of
+    evicted instance 5; the PrepareRange queued first promised 2.0 meanwhile,
+    and the Accept still accepted 1.2 < 2.0: the reply below had ``accepted`` set."""
     await fill(node, 40)
-    assert 5 not in node.servicer.states
+    assert 5 not in node.servicer.window.states
     gate = await node.hold_now()
     phase1 = asyncio.create_task(prepare_range(node, 1, ballot(2, 0)))
     await until_queued(node, 1)
@@ -188,7 +187,7 @@ async def test_an_accept_waiting_on_disk_is_judged_against_the_newest_range_prom
 
 
 async def test_a_request_racing_a_commit_failure_gets_unavailable_at_once(node: Node) -> None:
-    """Issue 11, item 3. On the old code the second Accept passed the voting
+    """A request racing a commit failure. On the old code the second Accept passed the voting
     check, waited for its disk read, then queued a write after the group
     committer had stopped for good: its future never completed and the call
     hung (the wait_for below timed out)."""

@@ -12,17 +12,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from paxos_service import acceptor_server
-from paxos_service.acceptor_server import AcceptorServicer, start_acceptor
-from paxos_service.config import AcceptorConfig
-from paxos_service.server import RoleServer
-from paxos_service.sqlite_storage import SqliteAcceptorStorage
+from paxos_service.core.config import AcceptorConfig
+from paxos_service.servers.acceptor import AcceptorServicer
+from paxos_service.servers.acceptor_states import resident_after_eviction
+from paxos_service.servers.start import start_acceptor
+from paxos_service.storage.sqlite import SqliteAcceptorStorage
+from paxos_service.transport.server import RoleServer
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 
 INSTANCES = 100
 MAX_RESIDENT = 30
-AFTER_EVICTION = acceptor_server.resident_after_eviction(MAX_RESIDENT)
+AFTER_EVICTION = resident_after_eviction(MAX_RESIDENT)
 
 
 def ballot(round_: int, proposer_id: int) -> pb.Ballot:
@@ -79,9 +80,9 @@ async def test_old_instances_leave_memory_and_still_bind(acceptor: Acceptor) -> 
     await fill(stub)
     servicer = acceptor.servicer
     assert servicer is not None
-    assert len(servicer.states) <= MAX_RESIDENT
-    assert servicer.spilled_through >= INSTANCES - MAX_RESIDENT
-    assert 1 not in servicer.states
+    assert len(servicer.window.states) <= MAX_RESIDENT
+    assert servicer.window.spilled_through >= INSTANCES - MAX_RESIDENT
+    assert 1 not in servicer.window.states
 
     # A read of an instance on disk only.
     got = await stub.GetAccepted(pb.GetAcceptedRequest(instance=1), timeout=10)
@@ -127,8 +128,10 @@ async def test_a_restart_loads_only_the_newest_instances(acceptor: Acceptor) -> 
         stub = await restarted.start()
         servicer = restarted.servicer
         assert servicer is not None
-        assert sorted(servicer.states) == list(range(INSTANCES - AFTER_EVICTION + 1, INSTANCES + 1))
-        assert servicer.spilled_through == INSTANCES - AFTER_EVICTION
+        assert sorted(servicer.window.states) == list(
+            range(INSTANCES - AFTER_EVICTION + 1, INSTANCES + 1)
+        )
+        assert servicer.window.spilled_through == INSTANCES - AFTER_EVICTION
         got = await stub.GetAccepted(pb.GetAcceptedRequest(instance=5), timeout=10)
         assert got.accepted.value == b"v5"
         stale = pb.Accept(instance=5, ballot=ballot(1, 0), value=b"other")

@@ -9,7 +9,8 @@ import time
 import grpc
 import pytest
 
-from paxos_service.client import InvalidArgumentError, PaxosClient, UnavailableError
+from paxos_service.client.paxos import PaxosClient
+from paxos_service.core.errors import InvalidArgumentError, UnavailableError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from tests.support.processes import Cluster, clean_env, free_port

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from paxos_service.client import AsyncPaxosClient, PaxosClient
+from paxos_service.client.paxos import AsyncPaxosClient, PaxosClient
 from tests.support.processes import Cluster
 
 INSTANCES = range(1, 31)

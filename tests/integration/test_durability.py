@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from paxos_service.sqlite_storage import SqliteAcceptorStorage
+from paxos_service.storage.sqlite import SqliteAcceptorStorage
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from roles import Ballot

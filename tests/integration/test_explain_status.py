@@ -1,4 +1,4 @@
-"""``ExplainInstance`` and ``paxos status`` on real processes (issue 7).
+"""``ExplainInstance`` and ``paxos status`` on real processes.
 
 ExplainInstance is checked against the ground truth: what each acceptor's
 SQLite file holds once the acceptors are stopped. ``paxos status`` runs as a
@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from paxos_service import log_entry
+from paxos_service.core import log_entry
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from tests.support.processes import Cluster, KvCluster, clean_env, free_port, start_kv_cluster
@@ -478,7 +478,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_status_defaults_are_the_local_clusters_addresses(tmp_path: Path) -> None:
     """`paxos status` with no addresses looks where `paxos cluster` puts nodes."""
-    from paxos_service import status_cli
+    from paxos_service.cli import status as status_cli
     from paxos_service.cluster import LocalCluster
 
     local = LocalCluster(acceptors=3, proposers=2, learners=1, data_dir=tmp_path, base_port=50051)

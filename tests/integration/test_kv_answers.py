@@ -1,5 +1,5 @@
-"""Issue 11, items 7 and 8: every answer of the key-value service is true,
-and one odd log entry or one apply error never stops a learner silently.
+"""Every answer of the key-value service is true, and one odd log entry or one
+apply error never stops a learner silently.
 
 Each test runs the real code in process: a :class:`Replica` on a real SQLite
 file, a :class:`KvServicer` (with its real :class:`LogAppender`) on a real
@@ -23,16 +23,17 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from paxos_service import log_entry
-from paxos_service import replica as replica_module
-from paxos_service.client import OutcomeUnknownError
-from paxos_service.config import DEFAULT_MAX_VALUE_BYTES
+from paxos_service.client.kv import AsyncKvClient
+from paxos_service.core import log_entry
+from paxos_service.core.config import DEFAULT_MAX_VALUE_BYTES
+from paxos_service.core.errors import OutcomeUnknownError
 from paxos_service.kv.state_machine import KvStateMachine
-from paxos_service.kv_client import AsyncKvClient
-from paxos_service.kv_server import KvServicer, LogAppender
-from paxos_service.proposer_server import ProposerServicer
-from paxos_service.replica import Replica, ReplicaFailed
-from paxos_service.storage import StorageError
+from paxos_service.node import replica as replica_module
+from paxos_service.node.appender import LogAppender
+from paxos_service.node.replica import Replica, ReplicaFailed
+from paxos_service.servers.kv import KvServicer
+from paxos_service.servers.proposer import ProposerServicer
+from paxos_service.storage.contract import StorageError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 

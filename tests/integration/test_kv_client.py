@@ -1,153 +1,31 @@
-"""The key-value client (sync and asyncio) against a real ``paxos cluster``:
-every operation's semantics, watch, exactly-once retries, outcome queries,
-bad input and unreachable learners.
+"""The key-value client (sync and asyncio) against a real ``paxos cluster``.
 
-One cluster (3 acceptors, 2 proposers, 2 KV learners) serves the whole
-module; each test works under its own key prefix. The tests that disturb
-processes (an extra learner killed, the proposers paused) come last.
+Every operation's semantics, watch, exactly-once retries and the asyncio
+client. One cluster (3 acceptors, 2 proposers, 2 KV learners) serves the
+whole module; each test works under its own key prefix.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import queue
-import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 
-from paxos_service.client import (
-    AsyncPaxosClient,
-    InvalidArgumentError,
-    OutcomeUnknownError,
-    PaxosClient,
-    UnavailableError,
-)
-from paxos_service.kv_client import (
-    AsyncKvClient,
-    KeyValue,
-    KvClient,
-    Watch,
-    WatchEvent,
-)
+from paxos_service.client.kv import AsyncKvClient, KeyValue, KvClient, WatchEvent
+from paxos_service.client.paxos import AsyncPaxosClient, PaxosClient
+from paxos_service.core.errors import InvalidArgumentError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
-from tests.support.processes import Cluster, clean_env, free_port
-
-#: Generous per-call deadline: the first calls may wait for a leader election.
-TIMEOUT = 10.0
-#: How long a test waits for an expected watch event before failing.
-EVENT_WAIT = 10.0
-
-
-# A `paxos cluster` process --------------------------------------------------------
-
-
-@dataclass
-class ClusterProcess:
-    """A running ``paxos cluster`` and the nodes its banner lists."""
-
-    process: subprocess.Popen[str]
-    banner: list[str]
-    rows: list[tuple[str, int, str, int]]  # role, id, address, pid
-    data_dir: Path
-
-    def addresses(self, role: str) -> list[str]:
-        return [address for r, _, address, _ in self.rows if r == role]
-
-    def pids(self, role: str) -> list[int]:
-        return [pid for r, _, _, pid in self.rows if r == role]
-
-    @property
-    def learners(self) -> list[str]:
-        return self.addresses("learner")
-
-
-def _port_range(count: int) -> int:
-    """A base port with ``count`` free ports from it (checked just before use)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count >= 65535:
-            continue
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count):
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return base
-    raise AssertionError("no free range of ports")
-
-
-@contextlib.contextmanager
-def paxos_cluster(workdir: Path, *, learners: int = 1) -> Iterator[ClusterProcess]:
-    """Run ``paxos cluster`` as a user would, until the context exits."""
-    base = _port_range(5 + learners)
-    data_dir = workdir / "data"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "paxos_service",
-            "cluster",
-            "--base-port",
-            str(base),
-            "--data-dir",
-            str(data_dir),
-            "--learners",
-            str(learners),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        cwd=workdir,
-        env=clean_env(),
-    )
-    banner: list[str] = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        banner.append(line.rstrip("\n"))
-        if "Ctrl-C stops the cluster" in line:
-            break
-    else:
-        process.wait(timeout=10)
-        raise AssertionError("paxos cluster exited while starting:\n" + "\n".join(banner))
-    rows = [
-        (m[1], int(m[2]), m[3], int(m[4]))
-        for m in (
-            re.match(r"^(acceptor|proposer|learner)\s+(\d+)\s+(\S+)\s+(\d+)", b) for b in banner
-        )
-        if m
-    ]
-    running = ClusterProcess(process, banner, rows, data_dir)
-    try:
-        yield running
-    finally:
-        for pid in running.pids("proposer"):  # never leave a paused process behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        for *_, pid in rows:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+from tests.integration.kv_cluster import (
+    EVENT_WAIT,
+    TIMEOUT,
+    ClusterProcess,
+    Collector,
+    paxos_cluster,
+    summary,
+)
 
 
 @pytest.fixture(scope="module")
@@ -160,52 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
 def kv(cluster: ClusterProcess) -> Iterator[KvClient]:
     with KvClient(cluster.learners, timeout=TIMEOUT) as client:
         yield client
-
-
-@pytest.fixture
-def ns(request: pytest.FixtureRequest) -> str:
-    """A key prefix of this test's own."""
-    return f"{request.node.name}/"
-
-
-# Collecting watch events without sleeping --------------------------------------------
-
-
-class Collector:
-    """Iterates a sync watch on a thread; the test waits for events in a queue."""
-
-    def __init__(self, watch: Watch) -> None:
-        self.watch = watch
-        self.events: queue.Queue[WatchEvent | BaseException | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            for event in self.watch:
-                self.events.put(event)
-        except BaseException as exc:
-            self.events.put(exc)
-        self.events.put(None)
-
-    def take(self, n: int) -> list[WatchEvent]:
-        out: list[WatchEvent] = []
-        while len(out) < n:
-            item = self.events.get(timeout=EVENT_WAIT)
-            if isinstance(item, BaseException):
-                raise item
-            assert item is not None, f"the watch ended after {out}"
-            out.append(item)
-        return out
-
-    def close(self) -> None:
-        self.watch.close()
-        self.thread.join(timeout=EVENT_WAIT)
-        assert not self.thread.is_alive(), "close() must end a blocked iteration"
-
-
-def _summary(events: list[WatchEvent]) -> list[tuple[str, str, bytes, int]]:
-    return [(e.type, e.kv.key, e.kv.value, e.revision) for e in events]
 
 
 # Operations --------------------------------------------------------------------------
@@ -322,7 +154,7 @@ def test_watch_replays_history_from_a_revision_then_streams_live_events(
     with kv.watch(key, start_revision=first.revision) as watch:
         events = Collector(watch)
         history = events.take(2)
-        assert _summary(history) == [
+        assert summary(history) == [
             ("put", key, b"1", first.revision),
             ("put", key, b"2", first.revision + 1),
         ]
@@ -330,10 +162,10 @@ def test_watch_replays_history_from_a_revision_then_streams_live_events(
         assert history[1].previous == KeyValue(key, b"1", 1, first.revision, first.revision)
         deleted = kv.delete(key)
         live = events.take(1)
-        assert _summary(live) == [("delete", key, b"", deleted.revision)]
+        assert summary(live) == [("delete", key, b"", deleted.revision)]
         assert live[0].previous is not None and live[0].previous.value == b"2"
         recreated = kv.put(key, b"3")
-        assert _summary(events.take(1)) == [("put", key, b"3", recreated.revision)]
+        assert summary(events.take(1)) == [("put", key, b"3", recreated.revision)]
         assert watch.next_revision == recreated.revision + 1
         events.close()
 
@@ -362,7 +194,7 @@ def test_watch_from_now_sees_every_change_made_after_it_returns(kv: KvClient, ns
     watch = kv.watch(key)  # "from now on"
     put = kv.put(key, b"new")  # before anyone iterates: still delivered
     events = Collector(watch)
-    assert _summary(events.take(1)) == [("put", key, b"new", put.revision)]
+    assert summary(events.take(1)) == [("put", key, b"new", put.revision)]
     events.close()
     assert next(watch, None) is None, "a closed watch stays ended"
 
@@ -508,184 +340,3 @@ async def test_paxos_clients_expose_the_kv_store(cluster: ClusterProcess, ns: st
     with PaxosClient(learners=cluster.learners, timeout=TIMEOUT) as client:
         got = client.kv.get(ns + "k")
         assert got is not None and got.value == b"async"
-
-
-# Bad input and unreachable learners --------------------------------------------------
-
-
-def test_bad_input_is_invalid_argument(kv: KvClient, cluster: ClusterProcess) -> None:
-    # Judged by the server (the one place that knows the key rules):
-    with pytest.raises(InvalidArgumentError, match="key must not be empty"):
-        kv.put("", b"v")
-    with pytest.raises(InvalidArgumentError, match="key must not be empty"):
-        kv.get("")
-    with pytest.raises(InvalidArgumentError, match="longer than"):
-        kv.put("k" * 5000, b"v")
-    with pytest.raises(InvalidArgumentError, match="longer than"):
-        kv.cas("k" * 5000, b"v", expected_version=0)
-    # Shapes the client's API cannot express:
-    with pytest.raises(InvalidArgumentError, match="exactly one"):
-        kv.cas("k", b"v")
-    with pytest.raises(InvalidArgumentError, match="exactly one"):
-        kv.cas("k", b"v", expected_value=b"a", expected_version=1)
-    with pytest.raises(InvalidArgumentError, match="bytes"):
-        kv.put("k", "text")  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgumentError, match="expected_version"):
-        kv.cas("k", b"v", expected_version=-1)
-    with pytest.raises(InvalidArgumentError, match="prefix=True"):
-        kv.watch("")
-    # And the server refuses a compare-and-swap without an expectation too.
-    with grpc.insecure_channel(cluster.learners[0]) as channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            pb_grpc.KvServiceStub(channel).CompareAndSwap(
-                pb.CompareAndSwapRequest(key="k", value=b"v"), timeout=TIMEOUT
-            )
-        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def test_a_value_too_large_to_send_is_refused_by_the_client() -> None:
-    with KvClient(["127.0.0.1:1"], max_value_bytes=10) as kv:
-        with pytest.raises(InvalidArgumentError, match="max_value_bytes"):
-            kv.put("k", b"x" * 11)
-        with pytest.raises(InvalidArgumentError, match="expected_value"):
-            kv.cas("k", b"v", expected_value=b"x" * 11)
-
-
-def test_a_value_too_large_for_a_log_entry_is_invalid_argument(kv: KvClient, ns: str) -> None:
-    """1 MiB is the default value limit; a command carrying a 1 MiB value no
-    longer fits in a log entry. The answer must be a clean INVALID_ARGUMENT."""
-    with pytest.raises(InvalidArgumentError, match="limit"):
-        kv.put(ns + "big", b"x" * (1 << 20))
-    assert kv.put(ns + "small", b"x").previous is None, "and the store keeps working"
-
-
-def _dead_addresses(n: int) -> list[str]:
-    return [f"127.0.0.1:{free_port()}" for _ in range(n)]
-
-
-def test_unreachable_learners_give_unavailable_within_the_deadline() -> None:
-    with KvClient(_dead_addresses(2), timeout=0.5) as kv:
-        started = time.monotonic()
-        with pytest.raises(UnavailableError, match="no learner could serve"):
-            kv.put("k", b"v")
-        assert time.monotonic() - started < 1.5
-        with pytest.raises(UnavailableError):
-            kv.get("k", stale=True)
-        with pytest.raises(UnavailableError):
-            kv.watch("k")
-
-
-async def test_unreachable_learners_give_unavailable_within_the_deadline_async() -> None:
-    async with AsyncKvClient(_dead_addresses(2), timeout=0.5) as kv:
-        started = time.monotonic()
-        with pytest.raises(UnavailableError, match="no learner could serve"):
-            await kv.cas("k", b"v", expected_version=0)
-        assert time.monotonic() - started < 1.5
-
-
-async def test_async_paxos_client_maps_unavailable() -> None:
-    client = AsyncPaxosClient(learners=_dead_addresses(1), timeout=0.5)
-    try:
-        with pytest.raises(UnavailableError):
-            await client.get(1)
-    finally:
-        await client.close()
-
-
-def test_a_dead_learner_in_the_list_is_skipped(cluster: ClusterProcess, ns: str) -> None:
-    with KvClient([*_dead_addresses(1), *cluster.learners], timeout=TIMEOUT) as kv:
-        assert kv.put(ns + "k", b"v").previous is None
-        got = kv.get(ns + "k")
-        assert got is not None and got.value == b"v"
-
-
-# Disruptive tests: these run last ----------------------------------------------------
-
-
-def test_a_watch_resumes_on_another_learner_when_its_learner_dies(
-    cluster: ClusterProcess, kv: KvClient, ns: str, tmp_path: Path
-) -> None:
-    """A third learner, started for this test, serves the watch; it is killed
-    with SIGKILL mid-watch. The watch carries on at the next learner from the
-    next revision: no event lost, none repeated."""
-    extra = Cluster(tmp_path)
-    try:
-        node = extra.node(
-            "learner",
-            9,
-            "--acceptors",
-            ",".join(cluster.addresses("acceptor")),
-            "--proposers",
-            ",".join(cluster.addresses("proposer")),
-            "--db",
-            str(tmp_path / "extra-learner.db"),
-        )
-        node.start().wait_healthy()
-        key = ns + "k"
-        first = kv.put(key, b"1")
-        client = KvClient([node.address, cluster.learners[0]], timeout=TIMEOUT)
-        with client, client.watch(key, start_revision=first.revision) as watch:
-            events = Collector(watch)
-            # The extra learner catches up from the acceptors, then serves this.
-            assert _summary(events.take(1)) == [("put", key, b"1", first.revision)]
-            node.kill9()
-            second = kv.put(key, b"2")
-            third = kv.put(key, b"3")
-            assert _summary(events.take(2)) == [
-                ("put", key, b"2", second.revision),
-                ("put", key, b"3", third.revision),
-            ]
-            assert events.events.empty(), "nothing delivered twice"
-            events.close()
-    finally:
-        extra.stop()
-
-
-def test_outcome_unknown_when_no_proposer_answers_then_outcome_tells(
-    cluster: ClusterProcess, kv: KvClient, ns: str
-) -> None:
-    """Both proposers paused (SIGSTOP): the learner cannot tell whether an
-    append went through, the client retries with the same RequestId until its
-    deadline, then raises OutcomeUnknownError with that id. Once the
-    proposers resume, ``outcome`` answers, and the store agrees with it."""
-    key = ns + "k"
-    kv.put(key, b"before")
-    proposers = cluster.pids("proposer")
-    with KvClient(cluster.learners, timeout=1.5) as client:
-        for pid in proposers:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            with pytest.raises(OutcomeUnknownError) as raised:
-                client.put(key, b"during")
-            elapsed = time.monotonic() - started
-        finally:
-            for pid in proposers:
-                os.kill(pid, signal.SIGCONT)
-        assert elapsed < 3.0, "the deadline holds"
-        error = raised.value
-        assert (error.client_id, error.sequence) == (client.client_id, 1)
-        assert f"outcome({client.client_id}, 1)" in str(error)
-        outcome = kv.outcome(error.client_id, error.sequence)
-        got = kv.get(key)
-        assert got is not None
-        if outcome is None:
-            assert got.value == b"before", "not applied, and the barrier makes that final"
-        else:
-            assert outcome.succeeded and got.value == b"during"
-        with KvClient(cluster.learners, timeout=TIMEOUT, client_id=error.client_id) as again:
-            if outcome is None:
-                # "Not applied" is final: the same request id is fenced for
-                # good, so a late copy can never apply it; write anew instead.
-                with pytest.raises(InvalidArgumentError):
-                    again.put(key, b"during")
-                assert kv.outcome(error.client_id, 1) is None
-                unchanged = kv.get(key)
-                assert unchanged is not None and unchanged.value == b"before"
-                again.put(key, b"during")  # the next sequence
-            else:
-                # Applied: a retry with the same id is answered, not applied again.
-                retried = again.put(key, b"during")
-                assert retried.revision == outcome.revision, "applied once, not twice"
-        final = kv.get(key)
-        assert final is not None and final.value == b"during"

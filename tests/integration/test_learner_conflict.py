@@ -1,5 +1,5 @@
-"""A learner that is shown two values chosen for one instance says so
-(issue 11, item 4): one critical log line naming both, the metric
+"""A learner that is shown two values chosen for one instance says so:
+one critical log line naming both, the metric
 ``paxos_learner_conflicts_total``, and health NOT_SERVING for good.
 
 A real learner process (``paxos learner``, no --db), told by two Decides that

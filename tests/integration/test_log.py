@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from paxos_service.linearizability import Operation, check_history
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+from paxos_testing.linearizability import Operation, check_history
 from tests.support.processes import Cluster, KvCluster, free_port, start_kv_cluster
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)

@@ -21,8 +21,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from paxos_service.client import InvalidArgumentError
-from paxos_service.kv_client import KvClient
+from paxos_service.client.kv import KvClient
+from paxos_service.core.errors import InvalidArgumentError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from tests.support.processes import Cluster, KvCluster, Node, start_kv_cluster, wait_until

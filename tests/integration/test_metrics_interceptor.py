@@ -20,8 +20,10 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from paxos_service import metrics
-from paxos_service.server import BindError
+from paxos_service.core import metrics
+from paxos_service.transport.errors import BindError
+from paxos_service.transport.instrumentation import server_interceptors
+from paxos_service.transport.metrics_http import serve_http
 from tests.support.processes import free_port
 
 SERVICE = "metrics_test.v1.Probe"
@@ -146,7 +148,7 @@ def expect(started: int, code: str, received: int, sent: int) -> dict[str, float
 @pytest.fixture
 async def probe_server() -> AsyncIterator[tuple[Probe, grpc.aio.Channel]]:
     probe = Probe()
-    server = grpc.aio.server(interceptors=metrics.server_interceptors())
+    server = grpc.aio.server(interceptors=server_interceptors())
     server.add_generic_rpc_handlers((_handlers(probe),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -300,7 +302,7 @@ async def test_unknown_methods_are_not_counted(
 @pytest.fixture
 def metrics_http() -> Iterator[str]:
     address = f"127.0.0.1:{free_port()}"
-    httpd = metrics.serve_http(address)
+    httpd = serve_http(address)
     try:
         yield address
     finally:
@@ -330,9 +332,9 @@ def test_a_busy_metrics_port_is_a_bind_error(metrics_http: str) -> None:
         busy.listen()
         address = f"127.0.0.1:{busy.getsockname()[1]}"
         with pytest.raises(BindError, match=f"cannot serve metrics on {address}"):
-            metrics.serve_http(address)
+            serve_http(address)
     with pytest.raises(BindError):  # the one the fixture serves on, too
-        metrics.serve_http(metrics_http)
+        serve_http(metrics_http)
 
 
 def test_importing_the_module_again_reuses_the_registered_metrics() -> None:

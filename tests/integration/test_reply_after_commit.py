@@ -10,9 +10,9 @@ from pathlib import Path
 
 import grpc
 
-from paxos_service.acceptor_server import start_acceptor
-from paxos_service.config import AcceptorConfig
-from paxos_service.sqlite_storage import SqliteAcceptorStorage
+from paxos_service.core.config import AcceptorConfig
+from paxos_service.servers.start import start_acceptor
+from paxos_service.storage.sqlite import SqliteAcceptorStorage
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from roles import AcceptorState, RangePromise

@@ -1,6 +1,6 @@
-"""Mutual TLS on real processes (issue 7): who may talk to a TLS server.
+"""Mutual TLS on real processes: who may talk to a TLS server.
 
-Certificates are made with paxos_service.certs, the code behind `paxos certs`:
+Certificates are made with paxos_service.transport.certs, the code behind `paxos certs`:
 one cluster CA with a peer and a client certificate, and three bad ones: an
 expired peer certificate from the cluster CA, a peer certificate from another
 CA, and no certificate at all. An acceptor refuses all three at the TLS
@@ -22,10 +22,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from paxos_service import certs, tls
-from paxos_service.client import AuthenticationError, PaxosClient, UnavailableError, error_for
-from paxos_service.config import TlsFiles
-from paxos_service.kv_client import KvClient
+from paxos_service.client.grpc_status import error_for
+from paxos_service.client.kv import KvClient
+from paxos_service.client.paxos import PaxosClient
+from paxos_service.core.config import TlsFiles
+from paxos_service.core.errors import AuthenticationError, UnavailableError
+from paxos_service.transport import certs, tls
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from tests.support.processes import Node, clean_env, free_port, health_status, wait_until

@@ -83,8 +83,8 @@ def prepare(
     {"reject": ...} or {"error": CODE}."""
     from google.protobuf import json_format
 
-    from paxos_service import tls
-    from paxos_service.config import TlsFiles
+    from paxos_service.core.config import TlsFiles
+    from paxos_service.transport import tls
     from paxos_service.v1 import paxos_pb2, paxos_pb2_grpc
 
     request = paxos_pb2.PrepareRequest(

@@ -346,7 +346,7 @@ def test_acceptor_on_another_clusters_volume_refuses_to_vote(
 def test_wiped_acceptor_refuses_to_vote_until_recovered(
     rendered: dict[str, mf.Manifests], boot: netsim.Boot
 ) -> None:
-    """Issue 5 part 3. An acceptor that lost its volume has forgotten its
+    """An acceptor that lost its volume has forgotten its
     promises; if it voted as its old self, two different values could be
     chosen. After a restart on an empty volume it must not vote until an
     operator recovers it, with the step k8s/README.md documents:

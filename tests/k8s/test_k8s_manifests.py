@@ -268,7 +268,7 @@ def test_servers_listen_on_the_probed_port(m: mf.Manifests) -> None:
 
 
 def test_acceptors_have_a_cluster_id(m: mf.Manifests) -> None:
-    """Acceptors record the cluster id (issue 5 part 3), so a volume from
+    """Acceptors record the cluster id, so a volume from
     another cluster is recognised; it comes from the shared ConfigMap."""
     sts = mf.sts_of_role(m, "acceptor")
     (var,) = [v for v in mf.only_container(sts)["env"] if v["name"] == "PAXOS_CLUSTER_ID"]
@@ -445,7 +445,7 @@ def test_overlay_keeps_the_acceptor_membership(rendered: dict[str, mf.Manifests]
 
 
 def test_every_server_uses_mutual_tls_from_a_secret(m: mf.Manifests) -> None:
-    """Issue 7: no plaintext between roles. Each server gets PAXOS_TLS_* (never
+    """No plaintext between roles. Each server gets PAXOS_TLS_* (never
     PAXOS_INSECURE), pointing at the files of a read-only Secret volume in
     cert-manager's layout (ca.crt, tls.crt, tls.key), and the pod's user can
     read the key: the Secret's mode gives the group read, and the pod's

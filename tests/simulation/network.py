@@ -22,7 +22,6 @@ cluster and "something" from a deliberately broken one.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import random
 from collections import defaultdict
@@ -36,7 +35,6 @@ from roles import (
     AcceptorState,
     AcceptorStep,
     Ballot,
-    Broadcast,
     Chosen,
     Conflict,
     Decide,
@@ -49,6 +47,7 @@ from roles import (
     ProposerConfig,
     ProtocolError,
     Reject,
+    SendToAcceptors,
     SetTimer,
     majority,
 )
@@ -144,7 +143,7 @@ class _Deliver:
     dst: Address
     msg: Message
     #: The sender's incarnation; a crash voids every message of the old one.
-    src_epoch: int
+    src_incarnation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +166,7 @@ class _Crash:
 @dataclass(frozen=True, slots=True)
 class _Restart:
     acceptor_id: int
-    epoch: int
+    incarnation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +199,8 @@ class AcceptorNode:
         self.disk: dict[int, AcceptorState] = {}
         self.memory: dict[int, AcceptorState] = {}
         self.up = True
-        self.epoch = 0
+        #: Bumped by every crash: the restarted process is a new incarnation.
+        self.incarnation = 0
 
     def step(self, msg: Prepare | Accept) -> AcceptorStep:
         state = self.memory.get(msg.instance, AcceptorState())
@@ -216,7 +216,7 @@ class AcceptorNode:
 
     def crash(self) -> None:
         self.up = False
-        self.epoch += 1
+        self.incarnation += 1
         self.memory = {}
 
     def restart(self) -> None:
@@ -450,7 +450,8 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._queue, (at, self.rng.random(), self._seq, event))
 
-    def _log(self, text: str) -> None:
+    def _record(self, text: str) -> None:
+        """Add a line to the trace, when tracing."""
         if self._tracing:
             self._trace.append(f"{self.now:10.6f} {text}")
 
@@ -459,7 +460,7 @@ class Simulation:
             case _Deliver():
                 self._deliver(event)
             case _Start(pid, instance):
-                self._log(f"start proposer {pid} instance {instance}")
+                self._record(f"start proposer {pid} instance {instance}")
                 self._drive(self.proposers[(pid, instance)], lambda p: p.start(self.now))
             case _Timer(pid, instance):
                 # Stale timers are delivered too: the proposer must ignore early calls.
@@ -469,33 +470,33 @@ class Simulation:
                 if node.up:
                     node.crash()
                     downtime = self.rng.uniform(0.0, self.config.max_downtime)
-                    self._log(f"crash acceptor {aid} for {downtime:.3f}s")
+                    self._record(f"crash acceptor {aid} for {downtime:.3f}s")
                     restart_at = min(self.now + downtime, self.config.heal_at)
-                    self._push(restart_at, _Restart(aid, node.epoch))
-            case _Restart(aid, epoch):
+                    self._push(restart_at, _Restart(aid, node.incarnation))
+            case _Restart(aid, incarnation):
                 node = self.acceptors[aid]
-                if not node.up and node.epoch == epoch:
+                if not node.up and node.incarnation == incarnation:
                     node.restart()
-                    self._log(f"restart acceptor {aid} with {node.memory}")
+                    self._record(f"restart acceptor {aid} with {node.memory}")
             case _Partition(number, side_a):
-                self._log(f"partition {number}: {sorted(side_a)} | rest")
+                self._record(f"partition {number}: {sorted(side_a)} | rest")
                 self._partition = (number, side_a)
             case _Heal(number):
                 if self._partition is not None and self._partition[0] == number:
-                    self._log(f"heal partition {number}")
+                    self._record(f"heal partition {number}")
                     self._partition = None
 
     # Network ----------------------------------------------------------------
 
     def _send(self, src: Address, dst: Address, msg: Message, *, lossy: bool = True) -> None:
         if lossy and self.now < self.config.heal_at and self.rng.random() < self.config.drop_rate:
-            self._log(f"drop {src}->{dst} {msg}")
+            self._record(f"drop {src}->{dst} {msg}")
             return
         copies = 2 if self.rng.random() < self.config.duplicate_rate else 1
-        epoch = self.acceptors[src[1]].epoch if src[0] == "acceptor" else 0
+        incarnation = self.acceptors[src[1]].incarnation if src[0] == "acceptor" else 0
         for _ in range(copies):
             delay = self.rng.uniform(self.config.min_delay, self.config.max_delay)
-            self._push(self.now + delay, _Deliver(src, dst, msg, epoch))
+            self._push(self.now + delay, _Deliver(src, dst, msg, incarnation))
 
     def _cut_off(self, src: Address, dst: Address) -> bool:
         if self._partition is None or LEARNER in (src, dst):
@@ -507,13 +508,13 @@ class Simulation:
         src, dst, msg = event.src, event.dst, event.msg
         if src[0] == "acceptor" and dst != LEARNER:
             node = self.acceptors[src[1]]
-            if not node.up or node.epoch != event.src_epoch:
-                self._log(f"lost with crashed sender {src}->{dst} {msg}")
+            if not node.up or node.incarnation != event.src_incarnation:
+                self._record(f"lost with crashed sender {src}->{dst} {msg}")
                 return
         if self._cut_off(src, dst):
-            self._log(f"partitioned {src}->{dst} {msg}")
+            self._record(f"partitioned {src}->{dst} {msg}")
             return
-        self._log(f"deliver {src}->{dst} {msg}")
+        self._record(f"deliver {src}->{dst} {msg}")
         if dst[0] == "acceptor":
             self._to_acceptor(dst[1], src, msg)
         elif dst[0] == "proposer":
@@ -524,7 +525,7 @@ class Simulation:
     def _to_acceptor(self, aid: int, src: Address, msg: Message) -> None:
         node = self.acceptors[aid]
         if not node.up:
-            self._log(f"acceptor {aid} is down")
+            self._record(f"acceptor {aid} is down")
             return
         assert isinstance(msg, Prepare | Accept), msg
         try:
@@ -562,11 +563,12 @@ class Simulation:
             return
         me: Address = ("proposer", proposer.proposer_id)
         for effect in effects:
-            self._log(f"proposer {proposer.proposer_id} -> {effect}")
+            self._record(f"proposer {proposer.proposer_id} -> {effect}")
             match effect:
-                case Broadcast(message):
+                case SendToAcceptors(message, to):
                     for aid in sorted(self.acceptors):
-                        self._send(me, ("acceptor", aid), message)
+                        if to is None or aid in to:
+                            self._send(me, ("acceptor", aid), message)
                 case SetTimer(at):
                     self._push(at, _Timer(proposer.proposer_id, proposer.instance))
                 case Chosen(decide):
@@ -583,28 +585,3 @@ def run_seed(
     trace: bool = False,
 ) -> SimResult:
     return Simulation(seed, config, acceptor_factory=acceptor_factory, trace=trace).run()
-
-
-# Deliberately broken acceptors, to prove the checker can fail -----------------
-
-
-class ForgetfulAcceptor(Acceptor):
-    """Does not make its promises durable (``persist=False`` on Prepare), so a
-    crash-restart forgets them: the bug the persist-before-reply rule prevents."""
-
-    def on_prepare(self, state: AcceptorState, msg: Prepare) -> AcceptorStep:
-        return dataclasses.replace(super().on_prepare(state, msg), persist=False)
-
-
-class PromiseBreakingAcceptor(Acceptor):
-    """Accepts any ballot not below what it already accepted, ignoring the
-    promises it made in phase 1 (violates P1a)."""
-
-    def on_accept(self, state: AcceptorState, msg: Accept) -> AcceptorStep:
-        if msg.ballot <= state.accepted_ballot:
-            return super().on_accept(state, msg)
-        promised = max(state.promised_ballot, msg.ballot)
-        new = AcceptorState(promised, msg.ballot, msg.value)
-        return AcceptorStep(
-            new, Accepted(msg.instance, msg.ballot, self.acceptor_id, msg.value), True
-        )

@@ -43,6 +43,7 @@ def simulate(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.timeout(1500)  # a loaded machine: the subprocess has its own deadline
 def test_the_real_code_keeps_every_promise_over_many_seeds() -> None:
     done = simulate("--seeds", str(SEEDS))
     assert done.returncode == 0, done.stdout[-20000:] + done.stderr[-5000:]
@@ -58,6 +59,7 @@ def test_the_real_code_keeps_every_promise_over_many_seeds() -> None:
         "stale-floor",
     ],
 )
+@pytest.mark.timeout(1500)
 def test_the_simulation_catches_each_acceptor_race_when_it_is_put_back(mode: str) -> None:
     """The broken variants live in tests/simulation/realsim/broken.py; each
     must be caught within the seeds that ``make test`` runs, by a safety

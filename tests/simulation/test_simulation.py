@@ -14,16 +14,26 @@ Seeds:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
 import pytest
 
-from roles import Accepted, Acceptor, Ballot, Chosen, Decide, Learner
+from roles import (
+    Accept,
+    Accepted,
+    Acceptor,
+    AcceptorState,
+    AcceptorStep,
+    Ballot,
+    Chosen,
+    Decide,
+    Learner,
+    Prepare,
+)
 from tests.simulation.network import (
     AcceptorFactory,
-    ForgetfulAcceptor,
-    PromiseBreakingAcceptor,
     SimConfig,
     SimResult,
     benign_config,
@@ -141,6 +151,28 @@ def test_faulty_runs_are_really_faulty_and_contended() -> None:
 
 
 # The checker can fail ---------------------------------------------------------------
+
+
+class ForgetfulAcceptor(Acceptor):
+    """Does not make its promises durable (``persist=False`` on Prepare), so a
+    crash-restart forgets them: the bug the persist-before-reply rule prevents."""
+
+    def on_prepare(self, state: AcceptorState, msg: Prepare) -> AcceptorStep:
+        return dataclasses.replace(super().on_prepare(state, msg), persist=False)
+
+
+class PromiseBreakingAcceptor(Acceptor):
+    """Accepts any ballot not below what it already accepted, ignoring the
+    promises it made in phase 1 (violates P1a)."""
+
+    def on_accept(self, state: AcceptorState, msg: Accept) -> AcceptorStep:
+        if msg.ballot <= state.accepted_ballot:
+            return super().on_accept(state, msg)
+        promised = max(state.promised_ballot, msg.ballot)
+        new = AcceptorState(promised, msg.ballot, msg.value)
+        return AcceptorStep(
+            new, Accepted(msg.instance, msg.ballot, self.acceptor_id, msg.value), True
+        )
 
 
 BROKEN = [

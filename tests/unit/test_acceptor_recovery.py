@@ -52,7 +52,7 @@ def info(
     no_vote_through: int = 0,
     *,
     voting: bool = True,
-    standing: str = "voting",
+    status: str = "voting",
 ) -> RecoveryInfo:
     return RecoveryInfo(
         peer_id=peer,
@@ -61,7 +61,7 @@ def info(
         promised_ballot=promised,
         highest_accepted_instance=accepted_through,
         no_vote_through=no_vote_through,
-        standing=standing,
+        status=status,
     )
 
 
@@ -256,7 +256,7 @@ def test_recovery_needs_every_peer() -> None:
 def test_recovery_needs_every_peer_voting() -> None:
     """Two lost acceptors of three: what they chose together is known to nobody."""
     with pytest.raises(RecoveryRefused, match=r"acceptor 2 is wiped"):
-        plan_recovery(1, (0, 2), {0: info(0), 2: info(2, voting=False, standing="wiped")})
+        plan_recovery(1, (0, 2), {0: info(0), 2: info(2, voting=False, status="wiped")})
 
 
 def test_a_single_acceptor_cannot_be_recovered() -> None:

@@ -137,7 +137,7 @@ def test_conflicting_decide_is_a_conflict_and_changes_nothing(learner: Learner) 
 
 
 def test_a_conflicting_majority_after_a_decide_is_a_conflict(learner: Learner) -> None:
-    """Issue 11, item 4: once decided, the learner still counts votes for any
+    """Once decided, the learner still counts votes for any
     other value, and a majority for one is a Conflict (with both ballots and
     values); the decision stays the first one.
 

@@ -1,11 +1,13 @@
-"""The ExplainInstance verdict (``operator_server.judge``) and value
+"""The ExplainInstance verdict (``servers.verdict.judge``) and value
 descriptions, on hand-built acceptor states: every branch an operator may
 meet, without a cluster."""
 
 from __future__ import annotations
 
-from paxos_service import log_entry
-from paxos_service.operator_server import describe_value, explained_value, judge
+from paxos_service.client.operator import describe_value
+from paxos_service.core import log_entry
+from paxos_service.servers.explain import explained_value
+from paxos_service.servers.verdict import judge
 from paxos_service.v1 import paxos_pb2 as pb
 
 

@@ -24,7 +24,6 @@ from roles import (
     Acceptor,
     AcceptorState,
     Ballot,
-    Broadcast,
     Chosen,
     GaveUp,
     Learned,
@@ -35,6 +34,7 @@ from roles import (
     ProposerConfig,
     ProtocolError,
     Reject,
+    SendToAcceptors,
     SetTimer,
     majority,
 )
@@ -57,7 +57,7 @@ def test_ballot_order_is_total_and_lexicographic(a: Ballot, b: Ballot) -> None:
 
 @given(small_ballots, small_ballots, small_ballots)
 def test_ballot_order_is_transitive(a: Ballot, b: Ballot, c: Ballot) -> None:
-    if a <= b and b <= c:
+    if a <= b <= c:
         assert a <= c
 
 
@@ -233,7 +233,7 @@ def test_phase_two_value_is_the_value_of_the_highest_reported_proposal(
     assert len(counted) == majority(len(FIVE))
     highest = max(reports[aid] for aid in counted)
     expected = b"own" if highest.is_zero else value_of(highest)
-    assert effects[0] == Broadcast(Accept(1, proposer.ballot, expected))
+    assert effects[0] == SendToAcceptors(Accept(1, proposer.ballot, expected))
 
 
 @st.composite
@@ -279,11 +279,11 @@ def test_proposer_ballots_only_go_up_and_timers_stay_within_the_deadline(
         if proposer.outcome is not None and outcomes:
             assert effects == [], "a finished proposer acted"
         for effect in effects:
-            if isinstance(effect, Broadcast) and isinstance(effect.message, Prepare):
+            if isinstance(effect, SendToAcceptors) and isinstance(effect.message, Prepare):
                 assert not past or effect.message.ballot > past[-1]
                 assert effect.message.ballot.proposer_id == PID
                 past.append(effect.message.ballot)
-            elif isinstance(effect, Broadcast) and isinstance(effect.message, Accept):
+            elif isinstance(effect, SendToAcceptors) and isinstance(effect.message, Accept):
                 assert effect.message.ballot == past[-1]
                 accepted_value = effect.message.value
             elif isinstance(effect, SetTimer):

@@ -19,7 +19,6 @@ from roles import (
     Accept,
     Accepted,
     Ballot,
-    Broadcast,
     Chosen,
     Decide,
     GaveUp,
@@ -30,6 +29,7 @@ from roles import (
     ProposerConfig,
     ProtocolError,
     Reject,
+    SendToAcceptors,
     SetTimer,
 )
 
@@ -100,7 +100,10 @@ def to_accepting(proposer: Proposer, now: float = 0.0) -> Ballot:
 
 def test_start_broadcasts_prepare_for_the_first_ballot_and_arms_the_phase_timeout() -> None:
     proposer = make()
-    assert proposer.start(10.0) == [Broadcast(Prepare(INSTANCE, Ballot(1, PID))), SetTimer(11.0)]
+    assert proposer.start(10.0) == [
+        SendToAcceptors(Prepare(INSTANCE, Ballot(1, PID))),
+        SetTimer(11.0),
+    ]
     assert proposer.phase is Phase.PREPARING
     assert proposer.ballot == Ballot(1, PID)
     assert proposer.attempts == 1
@@ -111,7 +114,7 @@ def test_first_ballot_is_above_min_round() -> None:
     the proposer never reissues an old ballot with a different value."""
     proposer = make(min_round=7)
     effects = proposer.start(0.0)
-    assert effects[0] == Broadcast(Prepare(INSTANCE, Ballot(8, PID)))
+    assert effects[0] == SendToAcceptors(Prepare(INSTANCE, Ballot(8, PID)))
 
 
 def test_start_twice_is_a_protocol_error_and_changes_nothing() -> None:
@@ -135,7 +138,7 @@ def test_majority_of_empty_promises_proposes_the_own_value() -> None:
     assert proposer.on_message(promise(1, ballot), 0.1) == []
     phase_after_one = proposer.phase
     effects = proposer.on_message(promise(3, ballot), 0.2)
-    assert effects == [Broadcast(Accept(INSTANCE, ballot, OWN)), SetTimer(1.2)]
+    assert effects == [SendToAcceptors(Accept(INSTANCE, ballot, OWN)), SetTimer(1.2)]
     assert (phase_after_one, proposer.phase) == (Phase.PREPARING, Phase.ACCEPTING)
 
 
@@ -158,7 +161,7 @@ def test_adopts_the_value_of_the_highest_accepted_ballot_among_the_promises(
     effects = []
     for aid, accepted_ballot, value in order:
         effects = proposer.on_message(promise(aid, proposer.ballot, accepted_ballot, value), 0.1)
-    assert effects[0] == Broadcast(Accept(INSTANCE, proposer.ballot, b"highest"))
+    assert effects[0] == SendToAcceptors(Accept(INSTANCE, proposer.ballot, b"highest"))
 
 
 def test_highest_accepted_ballot_is_compared_by_proposer_id_within_a_round() -> None:
@@ -166,7 +169,7 @@ def test_highest_accepted_ballot_is_compared_by_proposer_id_within_a_round() -> 
     proposer.start(0.0)
     proposer.on_message(promise(1, proposer.ballot, Ballot(9, 3), b"higher"), 0.1)
     effects = proposer.on_message(promise(2, proposer.ballot, Ballot(9, 1), b"lower"), 0.1)
-    assert effects[0] == Broadcast(Accept(INSTANCE, proposer.ballot, b"higher"))
+    assert effects[0] == SendToAcceptors(Accept(INSTANCE, proposer.ballot, b"higher"))
 
 
 def test_duplicate_promise_does_not_count_twice() -> None:
@@ -327,7 +330,7 @@ def test_next_ballot_is_above_the_highest_round_seen() -> None:
     proposer.start(0.0)
     proposer.on_message(Reject(INSTANCE, proposer.ballot, 1, Ballot(6, 9)), 0.5)
     effects = proposer.on_timer(0.6)
-    assert effects == [Broadcast(Prepare(INSTANCE, Ballot(7, PID))), SetTimer(1.6)]
+    assert effects == [SendToAcceptors(Prepare(INSTANCE, Ballot(7, PID))), SetTimer(1.6)]
     assert proposer.ballot > Ballot(6, 9)
     assert proposer.phase is Phase.PREPARING
     assert proposer.attempts == 2
@@ -401,7 +404,7 @@ def test_phase_one_timeout_backs_off_then_retries_with_a_higher_ballot() -> None
     assert rng.calls == [(0.0, 0.2)]
     assert proposer.phase is Phase.BACKING_OFF
     effects = proposer.on_timer(1.1)
-    assert effects == [Broadcast(Prepare(INSTANCE, Ballot(2, PID))), SetTimer(2.1)]
+    assert effects == [SendToAcceptors(Prepare(INSTANCE, Ballot(2, PID))), SetTimer(2.1)]
     assert proposer.ballot > first
 
 
@@ -410,7 +413,9 @@ def test_phase_two_timeout_backs_off_then_retries() -> None:
     ballot = to_accepting(proposer, now=0.0)
     assert proposer.on_timer(1.0) == [SetTimer(1.1)]
     assert proposer.phase is Phase.BACKING_OFF
-    assert proposer.on_timer(1.1)[0] == Broadcast(Prepare(INSTANCE, Ballot(ballot.round + 1, PID)))
+    assert proposer.on_timer(1.1)[0] == SendToAcceptors(
+        Prepare(INSTANCE, Ballot(ballot.round + 1, PID))
+    )
 
 
 @pytest.mark.parametrize("phase", ["preparing", "accepting", "backing_off", "not_started"])
@@ -458,7 +463,10 @@ def test_gives_up_at_the_deadline() -> None:
 
 def test_gives_up_at_the_deadline_even_if_the_phase_timeout_is_later() -> None:
     proposer = make(deadline=3.0)
-    assert proposer.start(2.5) == [Broadcast(Prepare(INSTANCE, Ballot(1, PID))), SetTimer(3.0)]
+    assert proposer.start(2.5) == [
+        SendToAcceptors(Prepare(INSTANCE, Ballot(1, PID))),
+        SetTimer(3.0),
+    ]
     (gave_up,) = proposer.on_timer(3.0)
     assert isinstance(gave_up, GaveUp)
     assert gave_up.last_ballot == Ballot(1, PID)

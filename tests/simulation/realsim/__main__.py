@@ -11,6 +11,7 @@ Exit 0 when every seed holds, 1 when any seed found a violation.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import sys
@@ -20,16 +21,9 @@ from collections import Counter
 from tests.simulation.realsim.broken import MODES, broken
 from tests.simulation.realsim.run import RunResult, run_seed
 
-_BROKEN: str | None = None
 
-
-def _init(mode: str | None) -> None:
-    global _BROKEN
-    _BROKEN = mode
-
-
-def _one(seed: int) -> RunResult:
-    with broken(_BROKEN):
+def _one(mode: str | None, seed: int) -> RunResult:
+    with broken(mode):
         return run_seed(seed)
 
 
@@ -60,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     kinds: Counter[str] = Counter()
     done = 0
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(args.jobs, initializer=_init, initargs=(args.broken,)) as pool:
-        for result in pool.imap_unordered(_one, seeds, chunksize=4):
+    with ctx.Pool(args.jobs) as pool:
+        run = functools.partial(_one, args.broken)
+        for result in pool.imap_unordered(run, seeds, chunksize=4):
             done += 1
             if result.failed:
                 failed.append(result)

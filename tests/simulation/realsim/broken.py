@@ -1,9 +1,9 @@
 """Deliberately broken acceptors, for proving that the simulation can fail.
 
-Each mode puts back one bug that was fixed in the real acceptor servicer, by
-patching :class:`~paxos_service.acceptor_server.AcceptorServicer` in this
-process only. They live in the test package: nothing in the product can turn
-them on.
+Each mode puts back one bug that was fixed in the real acceptor, by patching
+:class:`~paxos_service.servers.acceptor.AcceptorServicer` or its
+:class:`~paxos_service.servers.acceptor_states.StateWindow` in this process
+only. They live in the test package: nothing in the product can turn them on.
 
 * ``unatomic-range-read`` (race 1): no step lock, so an eviction can run
   while a PrepareRange or GetAcceptedRange waits for its disk read; the
@@ -21,17 +21,18 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from paxos_service.acceptor_server import AcceptorServicer
+from paxos_service.servers.acceptor import AcceptorServicer
+from paxos_service.servers.acceptor_states import StateWindow
 
 MODES = ("unatomic-range-read", "stale-floor")
 
 
 @contextlib.asynccontextmanager
-async def _no_lock(self: AcceptorServicer) -> AsyncIterator[None]:
+async def _no_lock(self: StateWindow) -> AsyncIterator[None]:
     yield
 
 
-def _unlocked_saved(self: AcceptorServicer, instance: int, future: Any) -> None:
+def _unlocked_saved(self: StateWindow, instance: int, future: Any) -> None:
     if future.cancelled() or future.exception() is not None:
         return
     left = self._unsaved.get(instance, 0) - 1
@@ -57,20 +58,25 @@ _REAL_STEP = AcceptorServicer._step
 
 @contextlib.contextmanager
 def broken(mode: str | None) -> Iterator[None]:
-    """Patch the acceptor servicer with ``mode`` for the duration (None: as is)."""
+    """Patch the acceptor with ``mode`` for the duration (None: as is)."""
     if mode is None:
         yield
         return
     if mode not in MODES:
         raise ValueError(f"unknown broken mode {mode!r}; expected one of {MODES}")
-    saved = {name: getattr(AcceptorServicer, name) for name in ("_atomic", "_saved", "_step")}
+    patched: tuple[tuple[type, str], ...] = (
+        (StateWindow, "step"),
+        (StateWindow, "_saved"),
+        (AcceptorServicer, "_step"),
+    )
+    saved = {(cls, name): getattr(cls, name) for cls, name in patched}
     if mode == "unatomic-range-read":
-        AcceptorServicer._atomic = _no_lock  # type: ignore[assignment, method-assign]
-        AcceptorServicer._saved = _unlocked_saved  # type: ignore[method-assign]
+        StateWindow.step = _no_lock  # type: ignore[method-assign]
+        StateWindow._saved = _unlocked_saved  # type: ignore[method-assign]
     else:
         AcceptorServicer._step = _stale_floor_step  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for name, value in saved.items():
-            setattr(AcceptorServicer, name, value)
+        for (cls, name), value in saved.items():
+            setattr(cls, name, value)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from paxos_service import log_entry
-from paxos_service.linearizability import check_history
+from paxos_service.core import log_entry
 from paxos_service.v1 import paxos_pb2 as pb
+from paxos_testing.linearizability import check_history
 from tests.simulation.realsim.cluster import Recorder
 from tests.simulation.realsim.workload import History
 

@@ -1,12 +1,12 @@
 """A whole cluster of the real service code in one process, on virtual time.
 
 Every node is started by the same function the CLI uses
-(:func:`~paxos_service.acceptor_server.start_acceptor`,
-:func:`~paxos_service.proposer_server.start_proposer`,
-:func:`~paxos_service.learner_server.start_learner`), over real SQLite files,
+(:func:`~paxos_service.servers.start.start_acceptor`,
+:func:`~paxos_service.servers.start.start_proposer`,
+:func:`~paxos_service.servers.start.start_learner`), over real SQLite files,
 inside its own :mod:`contextvars` context in which a :class:`SimRuntime` is
-installed: :func:`paxos_service.server.start_server` then attaches it to the
-in-memory network instead of a socket, :func:`paxos_service.tls.aio_channel`
+installed: :func:`paxos_service.transport.server.start_server` then attaches it to the
+in-memory network instead of a socket, :func:`paxos_service.transport.tls.aio_channel`
 dials through that network, storage calls run on a :class:`SimExecutor`, and
 randomness comes from the run's seed. Nothing of the service is copied here.
 
@@ -36,15 +36,13 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from paxos_service import runtime
-from paxos_service.acceptor_server import start_acceptor
-from paxos_service.config import AcceptorConfig, LearnerConfig, ProposerConfig
+from paxos_service.core import runtime
+from paxos_service.core.config import AcceptorConfig, LearnerConfig, ProposerConfig
 from paxos_service.kv.state_machine import Applied
-from paxos_service.learner_server import start_learner
-from paxos_service.proposer_server import start_proposer
-from paxos_service.server import LIVENESS, RoleServer
-from paxos_service.sqlite_storage import SqliteAcceptorStorage
-from paxos_service.storage import StorageError
+from paxos_service.servers.start import start_acceptor, start_learner, start_proposer
+from paxos_service.storage.contract import StorageError
+from paxos_service.storage.sqlite import SqliteAcceptorStorage
+from paxos_service.transport.server import LIVENESS, RoleServer
 from paxos_service.v1 import paxos_pb2 as pb
 from roles import AcceptorState, Ballot, RangePromise
 from tests.simulation.realsim.executor import SimExecutor
@@ -181,7 +179,7 @@ class RecordingStorage(SqliteAcceptorStorage):
 
 
 class SimRuntime:
-    """What one node sees of the world (see :mod:`paxos_service.runtime`)."""
+    """What one node sees of the world (see :mod:`paxos_service.core.runtime`)."""
 
     def __init__(self, cluster: SimCluster, node: str) -> None:
         self.cluster = cluster

@@ -19,9 +19,9 @@ from typing import Any
 
 import grpc
 
-from paxos_service.linearizability import Operation
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
+from paxos_testing.linearizability import Operation
 from tests.simulation.realsim.cluster import SimCluster
 from tests.simulation.realsim.net import TRANSPORT_PREFIX
 

@@ -1,5 +1,0 @@
-import sys
-
-from paxos_service.chaos.cli import main
-
-sys.exit(main())

@@ -1,0 +1,124 @@
+"""Group commit: the acceptor's durable writes, batched so that every write
+queued while a commit runs shares the next commit (and its fsync).
+
+Commits happen strictly in queue order on one storage thread, so "my commit
+is done" implies "every earlier write is done". After a failed commit nothing
+is ever committed again: every later write is refused with StorageError, and
+the acceptor stops voting rather than reply without persisting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from paxos_service.core import metrics
+from paxos_service.core.logger import get_logger
+from paxos_service.storage.contract import AcceptorStorage, StorageError
+from roles import AcceptorState, RangePromise
+
+T = TypeVar("T")
+
+
+class GroupCommitter:
+    """Writes queued acceptor states in batches: every write that arrives while
+    a commit is running shares the next commit (and its fsync)."""
+
+    def __init__(self, storage: AcceptorStorage, executor: Executor) -> None:
+        self._storage = storage
+        self._executor = executor
+        self._pending: list[tuple[int, AcceptorState]] = []
+        self._pending_range: RangePromise | None = None
+        self._pending_done: asyncio.Future[None] | None = None
+        self._last_done: asyncio.Future[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.failure: StorageError | None = None
+        self.commits = 0
+        self.rows = 0
+
+    @property
+    def storage(self) -> AcceptorStorage:
+        return self._storage
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def write(self, instance: int, state: AcceptorState) -> asyncio.Future[None]:
+        """Queue a write; the future completes once it is durable. Raises
+        StorageError once a commit has failed: nothing would ever commit it."""
+        self._refuse_after_failure()
+        self._pending.append((instance, state))
+        return self._enqueued()
+
+    def write_range_promise(self, promise: RangePromise) -> asyncio.Future[None]:
+        """Queue the new range promise (it only grows, so the latest wins)."""
+        self._refuse_after_failure()
+        self._pending_range = promise
+        return self._enqueued()
+
+    def _refuse_after_failure(self) -> None:
+        if self.failure is not None:
+            raise StorageError(f"an earlier commit failed ({self.failure})")
+
+    def _enqueued(self) -> asyncio.Future[None]:
+        if self._pending_done is None:
+            self._pending_done = asyncio.get_running_loop().create_future()
+        self._last_done = self._pending_done
+        self._wakeup.set()
+        return self._pending_done
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a storage call on the storage thread (in order with the commits:
+        the SQLite connection is used from that one thread only)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def barrier(self) -> None:
+        """Wait until every write queued so far is durable."""
+        if self._last_done is not None and not self._last_done.done():
+            await asyncio.shield(self._last_done)
+        elif self._last_done is not None and self._last_done.exception() is not None:
+            raise StorageError("an earlier commit failed")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, promise, done = self._pending, self._pending_range, self._pending_done
+            self._pending, self._pending_range, self._pending_done = [], None, None
+            if done is None:
+                continue
+            try:
+                seconds = await loop.run_in_executor(self._executor, self._save, batch, promise)
+            except Exception as exc:  # any failure to commit means: stop voting
+                metrics.ACCEPTOR_COMMIT_FAILURES.inc()
+                failure = exc if isinstance(exc, StorageError) else StorageError(repr(exc))
+                get_logger().critical("commit failed; acceptor stops voting", error=str(failure))
+                self.failure = failure
+                done.set_exception(failure)
+                # Fail whatever queued behind it, too, and accept no more.
+                if self._pending_done is not None:
+                    self._pending_done.set_exception(failure)
+                    self._pending, self._pending_range, self._pending_done = [], None, None
+                return
+            self.commits += 1
+            self.rows += len(batch)
+            metrics.ACCEPTOR_COMMIT_SECONDS.observe(seconds)
+            metrics.ACCEPTOR_COMMIT_WRITES.observe(len(batch) + (promise is not None))
+            done.set_result(None)
+
+    def _save(self, batch: list[tuple[int, AcceptorState]], promise: RangePromise | None) -> float:
+        """Commit on the storage thread; return how long the commit (and its
+        fsync) took there, without the wait for the thread or the event loop."""
+        started = time.perf_counter()
+        self._storage.save(batch, promise)
+        return time.perf_counter() - started
