@@ -54,6 +54,7 @@ from roles import (
     RangeStep,
     Reject,
 )
+from roles.acceptor import report_start
 from roles.ballot import ZERO_BALLOT, Ballot
 
 PROMISE_LOWER: Final = "promise-lower"
@@ -108,16 +109,30 @@ class PromiseIgnoringAcceptor(Acceptor):
         range_promise: RangePromise,
         states: Mapping[int, AcceptorState],
         msg: PrepareRange,
+        *,
+        chosen_through: int = 0,
+        page_bytes: int | None = None,
     ) -> RangeStep:
-        step = _CORRECT_PREPARE_RANGE(self, range_promise, states, msg)
+        step = _CORRECT_PREPARE_RANGE(
+            self, range_promise, states, msg, chosen_through=chosen_through, page_bytes=page_bytes
+        )
         if not isinstance(step.reply, Reject):
             return step
+        # Promise anyway, everything in one page.
+        start = report_start(msg, chosen_through)
         accepted = tuple(
             Accepted(instance, state.accepted_ballot, self.acceptor_id, state.accepted_value)
             for instance, state in sorted(states.items())
-            if instance >= msg.from_instance and state.accepted_value is not None
+            if instance >= start and state.accepted_value is not None
         )
-        promise = PromiseRange(msg.from_instance, msg.ballot, self.acceptor_id, accepted)
+        promise = PromiseRange(
+            msg.from_instance,
+            msg.ballot,
+            self.acceptor_id,
+            accepted,
+            chosen_through=chosen_through,
+            page_from=msg.page_from,
+        )
         return RangeStep(range_promise, promise, persist=False)
 
 

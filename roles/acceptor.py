@@ -28,14 +28,39 @@ is ``(i, r)``; ``H`` is the highest of ``r`` and the ``p`` of every instance
     (p, a, v)  Accept(n, w)        n < P   unchanged   Reject(P)         no
     (i, r)     PrepareRange(j, n)  n > H   (i', n)     PromiseRange      yes
     (i, r)     PrepareRange(j, n)  n <= H  unchanged   Reject(H)         no
+    (i, n)     PrepareRange(j, n,  n >= H  unchanged   PromiseRange      no
+                 page_from=q)                          (the next page)
+    (i, r)     PrepareRange(j, n,  n < H   unchanged   Reject(H)         no
+                 page_from=q)
 
 ``i'`` is ``min(i, j)``, or ``j`` when there was no range promise (``r`` ZERO):
 the range never shrinks. The PromiseRange reports the accepted ``(a, v)`` of
-every instance >= ``j``. Nothing changes, and the step raises instead of
-replying, for an Accept(n, w) with ``n == a`` and ``w != v`` (one ballot, two
-values) and for a zero ballot or an instance < 1 (:class:`ProtocolError`), and
-for an instance, or a PrepareRange's first instance, <= M (:class:`NotVoting`,
-below).
+every instance >= ``j``, except those the acceptor knows are chosen (below),
+in pages. Nothing changes, and the step raises instead of replying, for an
+Accept(n, w) with ``n == a`` and ``w != v`` (one ballot, two values), for a
+page asked under a ballot this acceptor never promised (``r < n``), and for a
+zero ballot or an instance < 1 (:class:`ProtocolError`), and for an instance,
+or a PrepareRange's first instance, <= M (:class:`NotVoting`, below).
+
+A bounded phase 1. A leader's Accept carries ``chosen_through`` C: every
+instance <= C is chosen. The acceptor keeps the highest C it heard (the
+caller stores it) and a PromiseRange neither reports the instances <= C nor
+lets their promises count in ``H``; it says C instead. Safe because an
+instance that is chosen needs no phase 1: the leader that collects a majority
+of promises proposes nothing at or below the highest C among them (every
+instance above that one was reported by every acceptor of the majority), and
+any acceptor's C is a fact, whoever's promise it came with. So a restarted
+leader reads back only the unchosen suffix, not the history.
+
+The report is paged so that no reply outgrows a message: at most
+``page_bytes`` per page (at least one entry). The next page is
+asked with ``page_from``, under the same ballot. It reads the acceptor's state
+later than the promise, which is safe: after promising n over the range, an
+acceptor accepts no ballot below n there, and accepts a ballot above n only
+after promising it, which makes ``H > n`` and the page a Reject. So for every
+ballot below n, the later read sees exactly what the promise saw. Only the
+proposer that holds the promise asks for pages: a restarted incarnation
+reusing the ballot never gets the first page (``n <= H``), so never a page.
 
 The acceptor keeps one :class:`AcceptorState` per instance. Every step returns
 the new state, the reply and whether the state changed. **The caller must make a
@@ -186,38 +211,91 @@ class Acceptor:
         range_promise: RangePromise,
         states: Mapping[int, AcceptorState],
         msg: PrepareRange,
+        *,
+        chosen_through: int = 0,
+        page_bytes: int | None = None,
     ) -> RangeStep:
-        """Promise ``msg.ballot`` for every instance >= ``msg.from_instance``.
+        """Promise ``msg.ballot`` for every instance >= ``msg.from_instance``,
+        or report the next page of that promise (``msg.page_from`` > 0).
 
-        ``states`` must hold every instance >= ``msg.from_instance`` that has
-        state (others are fresh). The ballot must beat the range promise and
-        every one of those instances' own promises.
+        ``states`` must hold every instance from :func:`report_start` on that
+        has state (others are fresh); ``chosen_through`` is the highest
+        ``Accept.chosen_through`` this acceptor heard. The ballot must beat
+        (for a page: match) the range promise and every one of those
+        instances' own promises.
         """
         _check_ballot(msg.ballot, msg.from_instance)
         self._check_votes_on(msg.from_instance, "PrepareRange")
+        if msg.page_from and (
+            msg.page_from < msg.from_instance or range_promise.ballot < msg.ballot
+        ):
+            raise ProtocolError(
+                f"a page from {msg.page_from} of a promise of {msg.ballot} from "
+                f"{msg.from_instance} that acceptor {self.acceptor_id} never made"
+            )
+        start = report_start(msg, chosen_through)
         highest = range_promise.ballot
         for instance, state in states.items():
-            if instance >= msg.from_instance and state.promised_ballot > highest:
+            if instance >= start and state.promised_ballot > highest:
                 highest = state.promised_ballot
-        if msg.ballot <= highest:
+        refused = msg.ballot < highest if msg.page_from else msg.ballot <= highest
+        if refused:
             reject = Reject(msg.from_instance, msg.ballot, self.acceptor_id, highest)
             return RangeStep(range_promise, reject, persist=False)
-        start = msg.from_instance
+        accepted, next_page = _page(self.acceptor_id, states, start, page_bytes)
+        promise = PromiseRange(
+            msg.from_instance,
+            msg.ballot,
+            self.acceptor_id,
+            accepted,
+            chosen_through=chosen_through,
+            page_from=msg.page_from,
+            next_page=next_page,
+        )
+        if msg.page_from:
+            return RangeStep(range_promise, promise, persist=False)
+        first = msg.from_instance
         if not range_promise.ballot.is_zero:
             # Never shrink: instances the old promise covered stay covered.
-            start = min(start, range_promise.from_instance)
-        accepted = tuple(
-            Accepted(instance, state.accepted_ballot, self.acceptor_id, state.accepted_value)
-            for instance, state in sorted(states.items())
-            if instance >= msg.from_instance and state.accepted_value is not None
-        )
-        promise = PromiseRange(msg.from_instance, msg.ballot, self.acceptor_id, accepted)
-        return RangeStep(RangePromise(start, msg.ballot), promise, persist=True)
+            first = min(first, range_promise.from_instance)
+        return RangeStep(RangePromise(first, msg.ballot), promise, persist=True)
 
     def _reject(
         self, instance: int, ballot: Ballot, state: AcceptorState, floor: Ballot = ZERO_BALLOT
     ) -> Reject:
         return Reject(instance, ballot, self.acceptor_id, max(state.promised_ballot, floor))
+
+
+def report_start(msg: PrepareRange, chosen_through: int) -> int:
+    """The first instance a PromiseRange for ``msg`` reports (and whose
+    promise counts): not one the acceptor knows is chosen."""
+    return max(msg.page_from or msg.from_instance, chosen_through + 1)
+
+
+#: What an entry of a page counts for beyond its value: a bound on what its
+#: instance, ballot, acceptor id and framing take on the wire.
+ENTRY_OVERHEAD = 64
+
+
+def _page(
+    acceptor_id: int,
+    states: Mapping[int, AcceptorState],
+    start: int,
+    page_bytes: int | None,
+) -> tuple[tuple[Accepted, ...], int]:
+    """The accepted proposals from ``start`` on, in instance order, as many as
+    ``page_bytes`` allow (each counts its value and :data:`ENTRY_OVERHEAD`;
+    at least one); and the first instance left for the next page (0: none)."""
+    entries: list[Accepted] = []
+    size = 0
+    for instance, state in sorted(states.items()):
+        if instance < start or state.accepted_value is None:
+            continue
+        size += len(state.accepted_value) + ENTRY_OVERHEAD
+        if entries and page_bytes is not None and size > page_bytes:
+            return tuple(entries), instance
+        entries.append(Accepted(instance, state.accepted_ballot, acceptor_id, state.accepted_value))
+    return tuple(entries), 0
 
 
 def _check_ballot(ballot: Ballot, instance: int) -> None:

@@ -5,12 +5,18 @@ instance at once. With a majority of PromiseRange it re-proposes, for every
 instance from there to the highest one reported, the value of the highest
 accepted ballot among the promises (:func:`adopt`), and a no-op where no
 promise reported any (a hole). New commands get instances above that.
+
+Phase 1 is bounded (see :mod:`roles.acceptor`): each acceptor reports only
+what lies above the instances it knows are chosen, and says how far that is;
+the candidate takes the highest such point among every page it received as
+chosen, and proposes nothing at or below it. A report too long for one
+message comes in pages: a promise counts once its last page is in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from roles.effects import NEVER
 from roles.errors import ProtocolError
@@ -24,7 +30,13 @@ class Campaign:
     the promises for its ballot so far."""
 
     from_instance: int
+    #: The promises whose every page is in, with all their pages' entries.
     promises: dict[int, PromiseRange] = field(default_factory=dict)
+    #: Per acceptor whose promise has more pages: its entries so far, and the
+    #: ``page_from`` of the page it owes next.
+    pages: dict[int, tuple[list[Accepted], int]] = field(default_factory=dict)
+    #: The highest instance any page reported as known chosen.
+    chosen_through: int = 0
     #: False: backing off before the next round (without pre-vote), or a follower.
     campaigning: bool = False
     #: When phase 1 times out, or that backoff ends.
@@ -34,15 +46,26 @@ class Campaign:
         """A new round, for every instance >= ``from_instance``."""
         self.from_instance = from_instance
         self.promises = {}
+        self.pages = {}
+        self.chosen_through = 0
         self.campaigning = True
         self.deadline = deadline
 
-    def promise(self, msg: PromiseRange, acceptor_ids: frozenset[int]) -> bool:
-        """Count ``msg``, a promise for this round; True when it completes a majority."""
-        if msg.acceptor_id in self.promises:
-            return False
-        self.promises[msg.acceptor_id] = msg
-        return is_quorum(self.promises, acceptor_ids)
+    def promise(self, msg: PromiseRange, acceptor_ids: frozenset[int]) -> tuple[bool, int]:
+        """Count ``msg``, a page of a promise for this round. Returns whether
+        it completes a majority of promises, and the ``page_from`` to ask its
+        acceptor for next (0: none). A page out of turn is ignored."""
+        entries, expected = self.pages.get(msg.acceptor_id, ([], 0))
+        if msg.acceptor_id in self.promises or msg.page_from != expected:
+            return False, 0
+        self.chosen_through = max(self.chosen_through, msg.chosen_through)
+        entries = entries + list(msg.accepted)
+        if msg.next_page:
+            self.pages[msg.acceptor_id] = (entries, msg.next_page)
+            return False, msg.next_page
+        self.pages.pop(msg.acceptor_id, None)
+        self.promises[msg.acceptor_id] = replace(msg, accepted=tuple(entries), page_from=0)
+        return is_quorum(self.promises, acceptor_ids), 0
 
     def won(self, chosen_through: int) -> tuple[dict[int, bytes], int, int]:
         """Phase 1 is through: what phase 2 starts with. Returns the adopted
@@ -52,6 +75,7 @@ class Campaign:
         promises = [self.promises[aid] for aid in sorted(self.promises)]
         reported = [entry.instance for promise in promises for entry in promise.accepted]
         self.promises = {}
+        self.pages = {}
         self.deadline = NEVER
         recovered = {i: v for i, v in adopt(promises).items() if i > chosen_through}
         recover_through = max(reported, default=self.from_instance - 1)
@@ -60,6 +84,7 @@ class Campaign:
     def end(self) -> None:
         """No longer a candidate."""
         self.promises = {}
+        self.pages = {}
         self.campaigning = False
         self.deadline = NEVER
 
@@ -67,12 +92,20 @@ class Campaign:
 def check_promise_range(msg: PromiseRange) -> None:
     """Raise :class:`ProtocolError` unless ``msg`` could come from a correct
     acceptor: it reports only its own votes, from ``from_instance`` on, each
-    under a real ballot below the one it promised."""
-    if msg.from_instance < 1:
+    under a real ballot below the one it promised, in instance order within
+    its page, and a next page (if any) above them."""
+    if msg.from_instance < 1 or msg.chosen_through < 0:
         raise ProtocolError(f"PromiseRange from instance {msg.from_instance}")
+    if msg.page_from and msg.page_from < msg.from_instance:
+        raise ProtocolError(f"PromiseRange page from {msg.page_from} < {msg.from_instance}")
+    first = max(msg.from_instance, msg.page_from)
     for entry in msg.accepted:
-        if entry.acceptor_id != msg.acceptor_id or entry.instance < msg.from_instance:
+        if entry.acceptor_id != msg.acceptor_id or entry.instance < first:
             raise ProtocolError(f"PromiseRange from {msg.acceptor_id} reports {entry}")
+        first = entry.instance + 1
+    if msg.next_page and (not msg.accepted or msg.next_page < first):
+        raise ProtocolError(f"PromiseRange's next page {msg.next_page} makes no progress")
+    for entry in msg.accepted:
         if entry.ballot.is_zero or entry.ballot >= msg.ballot:
             raise ProtocolError(f"PromiseRange for {msg.ballot} reports {entry}")
 

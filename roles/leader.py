@@ -33,6 +33,8 @@ or a heartbeat reply whose highest ballot, is above our own::
     CANDIDATE  PromiseRange for its ballot, now a     LEADER     BecameLeader, SendHeartbeat, then
                majority                                          phase 2 as on submit (recovered
                                                                  instances first)
+    CANDIDATE  a PromiseRange page, more to come      CANDIDATE  SendToAcceptors(PrepareRange,
+                                                                 page_from=its next page, to=it)
     CANDIDATE  timer (phase 1), pre_vote              FOLLOWER   SteppedDown; election in [0, T)
     CANDIDATE  timer (phase 1), no pre_vote           CANDIDATE  none; backs off for [0, T)
     CANDIDATE  campaign(), or timer (end of that      CANDIDATE  SendToAcceptors(PrepareRange),
@@ -298,8 +300,16 @@ class Leader:
             and msg.ballot == self._ballot
             and msg.from_instance == self._campaign.from_instance
         )
-        if not current or not self._campaign.promise(msg, self.acceptor_ids):
+        if not current:
             return []
+        complete, next_page = self._campaign.promise(msg, self.acceptor_ids)
+        if next_page:
+            ask = PrepareRange(msg.from_instance, self._ballot, page_from=next_page)
+            return [SendToAcceptors(ask, frozenset({msg.acceptor_id}))]
+        if not complete:
+            return []
+        # What any acceptor knows is chosen needs no phase 2 (roles/acceptor.py).
+        self._chosen.advance(self._campaign.chosen_through)
         return self._become_leader(now) + self._rearm()
 
     def on_accepted(self, msg: Accepted, now: float) -> list[LeaderEffect]:
@@ -428,7 +438,9 @@ class Leader:
                 f"after {self.config.max_retransmits} retransmissions"
             )
             return self._step_down(now, None, reason)
-        effects = self._pipeline.retransmit(now, self._ballot, self.acceptor_ids)
+        effects = self._pipeline.retransmit(
+            now, self._ballot, self.acceptor_ids, self._chosen.through
+        )
         if now >= self._heartbeat_at:
             self._heartbeat_at = now + self.config.heartbeat_interval
             effects.append(self._heartbeat())

@@ -33,11 +33,17 @@ class Promise:
 
 @dataclass(frozen=True, slots=True)
 class Accept:
-    """Phase 2a: accept ``value`` under ``ballot``."""
+    """Phase 2a: accept ``value`` under ``ballot``.
+
+    ``chosen_through`` is the sender's knowledge, not part of the vote: every
+    instance <= it is chosen. An acceptor remembers the highest it heard and
+    reports it in :class:`PromiseRange`, so that a new leader's phase 1 skips
+    the chosen prefix instead of reading the whole history back."""
 
     instance: int
     ballot: Ballot
     value: bytes
+    chosen_through: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,22 +78,37 @@ class Decide:
 
 @dataclass(frozen=True, slots=True)
 class PrepareRange:
-    """Multi-Paxos phase 1a: promise ``ballot`` for every instance >= ``from_instance``."""
+    """Multi-Paxos phase 1a: promise ``ballot`` for every instance >= ``from_instance``.
+
+    ``page_from`` 0 asks for the promise. Any other value asks, under the
+    promise this acceptor already made to ``ballot``, for the next page of
+    its report, from instance ``page_from`` (see :class:`PromiseRange`)."""
 
     from_instance: int
     ballot: Ballot
+    page_from: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class PromiseRange:
     """Multi-Paxos phase 1b: ``acceptor_id`` promised ``ballot`` for every
     instance >= ``from_instance``; ``accepted`` lists its accepted proposals
-    there, in instance order."""
+    there, in instance order, except those at or below ``chosen_through``.
+
+    ``chosen_through``: the acceptor knows every instance <= it is chosen
+    (from a leader's :class:`Accept`), so it does not report them. The report
+    comes in pages no larger than a message may be: this page covers the
+    instances from ``page_from`` (0: the first page, from ``from_instance``)
+    up to ``next_page`` (0: the last page; else ask for the next one with
+    ``PrepareRange(page_from=next_page)``)."""
 
     from_instance: int
     ballot: Ballot
     acceptor_id: int
     accepted: tuple[Accepted, ...] = ()
+    chosen_through: int = 0
+    page_from: int = 0
+    next_page: int = 0
 
 
 AcceptorReply = Promise | Accepted | Reject

@@ -97,7 +97,7 @@ class Pipeline:
             self.next_slot += 1
             deadline = now + self.config.phase_timeout
             self.in_flight[instance] = InFlight(value, tokens, set(), deadline)
-            effects.append(SendToAcceptors(Accept(instance, ballot, value)))
+            effects.append(SendToAcceptors(Accept(instance, ballot, value, chosen_through)))
         return effects
 
     def on_accepted(self, msg: Accepted, acceptor_ids: frozenset[int]) -> InFlight | None:
@@ -128,7 +128,7 @@ class Pipeline:
         return None
 
     def retransmit(
-        self, now: float, ballot: Ballot, acceptor_ids: frozenset[int]
+        self, now: float, ballot: Ballot, acceptor_ids: frozenset[int], chosen_through: int
     ) -> list[LeaderEffect]:
         """Send every instance past its deadline again, to the acceptors that
         have not answered, and give it another ``phase_timeout``."""
@@ -138,7 +138,8 @@ class Pipeline:
             entry.retransmits += 1
             entry.deadline = now + self.config.phase_timeout
             missing = acceptor_ids - entry.accepted_by
-            effects.append(SendToAcceptors(Accept(instance, ballot, entry.value), missing))
+            accept = Accept(instance, ballot, entry.value, chosen_through)
+            effects.append(SendToAcceptors(accept, missing))
         return effects
 
     def next_deadline(self) -> float:

@@ -127,6 +127,9 @@ class AcceptorConfig(ServerConfig):
     #: Instances kept in memory at most; older ones are read from disk when
     #: asked for. After an eviction the newest half stay.
     max_resident_instances: int = 20_000
+    #: Most bytes one page of a PromiseRange carries (0: ``max_value_bytes``,
+    #: so that a page always fits a message). Smaller only in tests.
+    promise_page_bytes: int = 0
 
 
 @dataclass(frozen=True)

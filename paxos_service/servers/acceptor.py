@@ -53,9 +53,11 @@ from roles import (
     RangePromise,
     Reject,
 )
+from roles.acceptor import report_start
 from roles.recovery import summarize
 
 SERVICE_NAME = "paxos_service.v1.AcceptorService"
+
 #: Most entries one GetAcceptedRange returns.
 _RANGE_LIMIT = 1000
 
@@ -89,6 +91,9 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         )
         #: The Multi-Paxos promise for every instance >= its from_instance.
         self.range_promise = range_promise or RangePromise()
+        #: The highest ``Accept.chosen_through`` heard: a PromiseRange skips
+        #: the instances through it (a bounded phase 1, roles/acceptor.py).
+        self.chosen_through = committer.storage.chosen_through
         self.committer = committer
         self.role_server: RoleServer | None = None
         #: Pre-vote: (proposer id, monotonic time) of the last Accept accepted here.
@@ -116,6 +121,9 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         max_bytes = self.config.max_value_bytes
         msg = await self._parse(context, lambda: wire.accept_from_pb(request.accept, max_bytes))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
+        if msg.chosen_through > self.chosen_through:
+            self.chosen_through = msg.chosen_through
+            self.committer.note_chosen_through(msg.chosen_through)
         step = await self._step(
             context, lambda s, floor: self.acceptor.on_accept(s, msg, floor), msg.instance
         )
@@ -153,12 +161,19 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         bind_request(context, instance=msg.from_instance, ballot=str(msg.ballot))
         async with self.window.step():
             await self._check_voting(context)
-            later = await self.window.states_from(msg.from_instance)
+            chosen_through = self.chosen_through
+            later = await self.window.states_from(report_start(msg, chosen_through))
             # A commit may have failed during the read: check again, then no
             # await until the promise is queued.
             await self._check_voting(context)
             try:
-                step = self.acceptor.on_prepare_range(self.range_promise, later, msg)
+                step = self.acceptor.on_prepare_range(
+                    self.range_promise,
+                    later,
+                    msg,
+                    chosen_through=chosen_through,
+                    page_bytes=self.config.promise_page_bytes or self.config.max_value_bytes,
+                )
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except NotVoting as exc:
@@ -169,7 +184,12 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         await self._wait_durable(context)
         if isinstance(step.reply, PromiseRange):
             metrics.PROMISED_PREPARE_RANGE.inc()
-            self._logger.info("promised range", accepted=len(step.reply.accepted))
+            self._logger.info(
+                "promised range",
+                accepted=len(step.reply.accepted),
+                chosen_through=step.reply.chosen_through,
+                next_page=step.reply.next_page,
+            )
             return pb.PrepareRangeResponse(promise=wire.promise_range_to_pb(step.reply))
         metrics.REJECTED_PREPARE_RANGE.inc()
         return pb.PrepareRangeResponse(reject=wire.reject_to_pb(step.reply))

@@ -57,13 +57,17 @@ class AcceptorStorage(Protocol):
         """The Multi-Paxos range promise, as last saved (none: ZERO ballot)."""
         ...
 
+    #: The highest ``Accept.chosen_through`` saved (a hint, never a vote).
+    chosen_through: int
+
     def save(
         self,
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
+        chosen_through: int | None = None,
     ) -> None:
-        """Durably store ``(instance, state)`` pairs, and the range promise if
-        given, in one transaction."""
+        """Durably store ``(instance, state)`` pairs, and the range promise
+        and ``chosen_through`` if given, in one transaction."""
         ...
 
     def close(self) -> None: ...

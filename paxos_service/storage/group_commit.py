@@ -32,6 +32,7 @@ class GroupCommitter:
         self._executor = executor
         self._pending: list[tuple[int, AcceptorState]] = []
         self._pending_range: RangePromise | None = None
+        self._pending_chosen: int | None = None
         self._pending_done: asyncio.Future[None] | None = None
         self._last_done: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
@@ -65,6 +66,13 @@ class GroupCommitter:
         self._pending_range = promise
         return self._enqueued()
 
+    def note_chosen_through(self, chosen_through: int) -> None:
+        """Store ``chosen_through`` with the next commit, whenever that comes:
+        it is a hint that only saves work after a restart (roles/acceptor.py),
+        so it never costs a commit of its own."""
+        if self._pending_chosen is None or chosen_through > self._pending_chosen:
+            self._pending_chosen = chosen_through
+
     def _refuse_after_failure(self) -> None:
         if self.failure is not None:
             raise StorageError(f"an earlier commit failed ({self.failure})")
@@ -97,8 +105,11 @@ class GroupCommitter:
             self._pending, self._pending_range, self._pending_done = [], None, None
             if done is None:
                 continue
+            chosen, self._pending_chosen = self._pending_chosen, None
             try:
-                seconds = await loop.run_in_executor(self._executor, self._save, batch, promise)
+                seconds = await loop.run_in_executor(
+                    self._executor, self._save, batch, promise, chosen
+                )
             except Exception as exc:  # any failure to commit means: stop voting
                 metrics.ACCEPTOR_COMMIT_FAILURES.inc()
                 failure = exc if isinstance(exc, StorageError) else StorageError(repr(exc))
@@ -116,9 +127,14 @@ class GroupCommitter:
             metrics.ACCEPTOR_COMMIT_WRITES.observe(len(batch) + (promise is not None))
             done.set_result(None)
 
-    def _save(self, batch: list[tuple[int, AcceptorState]], promise: RangePromise | None) -> float:
+    def _save(
+        self,
+        batch: list[tuple[int, AcceptorState]],
+        promise: RangePromise | None,
+        chosen_through: int | None,
+    ) -> float:
         """Commit on the storage thread; return how long the commit (and its
         fsync) took there, without the wait for the thread or the event loop."""
         started = time.perf_counter()
-        self._storage.save(batch, promise)
+        self._storage.save(batch, promise, chosen_through)
         return time.perf_counter() - started

@@ -97,6 +97,7 @@ class SqliteAcceptorStorage:
         self.status = AcceptorStatus.VOTING
         #: Recovered acceptors never vote on instances <= this (0: none).
         self.no_vote_through = 0
+        self.chosen_through = 0
         self.created = False
         self._engine = durable_engine(path)
         self._conn: Connection | None = None
@@ -223,8 +224,9 @@ class SqliteAcceptorStorage:
         self,
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
+        chosen_through: int | None = None,
     ) -> None:
-        if not writes and range_promise is None:
+        if not writes and range_promise is None and chosen_through is None:
             return
         conn = self._connection()
         try:
@@ -233,6 +235,9 @@ class SqliteAcceptorStorage:
                     conn.execute(_UPSERT_STATES, _state_rows(writes))
                 if range_promise is not None:
                     conn.execute(_UPSERT_RANGE_PROMISE, [_range_row(range_promise)])
+                if chosen_through is not None:
+                    row = {"key": "chosen_through", "value": str(chosen_through)}
+                    conn.execute(_UPSERT_META, [row])
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot commit to {self.path}: {_reason(exc)}") from exc
 
@@ -298,9 +303,10 @@ class SqliteAcceptorStorage:
         try:
             self.status = AcceptorStatus(stored.get("status", AcceptorStatus.VOTING.value))
             self.no_vote_through = int(stored.get("no_vote_through", "0"))
+            self.chosen_through = int(stored.get("chosen_through", "0"))
         except ValueError as exc:
             raise StorageCorrupt(f"{self.path}: impossible identity record: {exc}") from exc
-        if self.no_vote_through < 0 or not self.incarnation:
+        if self.no_vote_through < 0 or self.chosen_through < 0 or not self.incarnation:
             raise StorageCorrupt(f"{self.path}: impossible identity record: {stored}")
 
     def _initialise(self) -> None:

@@ -62,11 +62,17 @@ def accept_from_pb(msg: pb.Accept, max_value_bytes: int) -> Accept:
         check_instance(msg.instance),
         ballot_from_pb(msg.ballot, required=True),
         check_value(msg.value, max_value_bytes),
+        msg.chosen_through,
     )
 
 
 def accept_to_pb(msg: Accept) -> pb.Accept:
-    return pb.Accept(instance=msg.instance, ballot=ballot_to_pb(msg.ballot), value=msg.value)
+    return pb.Accept(
+        instance=msg.instance,
+        ballot=ballot_to_pb(msg.ballot),
+        value=msg.value,
+        chosen_through=msg.chosen_through,
+    )
 
 
 def check_value(value: bytes, max_value_bytes: int) -> bytes:
@@ -161,12 +167,16 @@ def accept_response_from_pb(msg: pb.AcceptResponse) -> Accepted | Reject:
 
 def prepare_range_from_pb(msg: pb.PrepareRange) -> PrepareRange:
     return PrepareRange(
-        check_instance(msg.from_instance), ballot_from_pb(msg.ballot, required=True)
+        check_instance(msg.from_instance),
+        ballot_from_pb(msg.ballot, required=True),
+        msg.page_from,
     )
 
 
 def prepare_range_to_pb(msg: PrepareRange) -> pb.PrepareRange:
-    return pb.PrepareRange(from_instance=msg.from_instance, ballot=ballot_to_pb(msg.ballot))
+    return pb.PrepareRange(
+        from_instance=msg.from_instance, ballot=ballot_to_pb(msg.ballot), page_from=msg.page_from
+    )
 
 
 def promise_range_to_pb(msg: PromiseRange) -> pb.PromiseRange:
@@ -175,6 +185,9 @@ def promise_range_to_pb(msg: PromiseRange) -> pb.PromiseRange:
         ballot=ballot_to_pb(msg.ballot),
         acceptor_id=msg.acceptor_id,
         accepted=[accepted_to_pb(a) for a in msg.accepted],
+        chosen_through=msg.chosen_through,
+        page_from=msg.page_from,
+        next_page=msg.next_page,
     )
 
 
@@ -184,6 +197,9 @@ def promise_range_from_pb(msg: pb.PromiseRange) -> PromiseRange:
         ballot_from_pb(msg.ballot, required=True),
         msg.acceptor_id,
         tuple(accepted_from_pb(a) for a in msg.accepted),
+        chosen_through=msg.chosen_through,
+        page_from=msg.page_from,
+        next_page=msg.next_page,
     )
 
 

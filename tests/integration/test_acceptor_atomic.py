@@ -60,10 +60,11 @@ class FailingStorage(SqliteAcceptorStorage):
         self,
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
+        chosen_through: int | None = None,
     ) -> None:
         if self.fail:
             raise StorageError("disk I/O error (injected)")
-        super().save(writes, range_promise)
+        super().save(writes, range_promise, chosen_through)
 
 
 @dataclass

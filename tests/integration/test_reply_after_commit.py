@@ -31,10 +31,11 @@ class GatedStorage(SqliteAcceptorStorage):
         self,
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
+        chosen_through: int | None = None,
     ) -> None:
         self.saving.set()
         self.gate.wait(timeout=30)
-        super().save(writes, range_promise)
+        super().save(writes, range_promise, chosen_through)
         self.batches.append(len(writes))
 
 

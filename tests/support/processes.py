@@ -137,6 +137,8 @@ class Cluster:
     acceptor_addresses: list[str] = field(default_factory=list)
     #: Give every node ``--metrics-listen`` on a free port (``Node.metrics_address``).
     metrics: bool = False
+    #: Flags every node gets (e.g. ``["--max-value-bytes", "4096"]``).
+    extra_args: list[str] = field(default_factory=list)
 
     def node(self, role: str, node_id: int, *args: str, port: int | None = None) -> Node:
         address = f"127.0.0.1:{port or free_port()}"
@@ -154,6 +156,7 @@ class Cluster:
             "--insecure",
             *args,
             *metrics_args,
+            *self.extra_args,
         ]
         log_path = self.workdir / f"{role}-{node_id}-{len(self.nodes)}.log"
         node = Node(role, node_id, address, argv, log_path, metrics_address=metrics_address)
@@ -236,11 +239,21 @@ class KvCluster:
         return found[0]
 
     def restart_learner(self, old: Node) -> Node:
-        port = int(old.address.rsplit(":", 1)[1])
-        args = old.argv[old.argv.index("--listen") + 2 :]
-        node = self.cluster.node("learner", old.node_id, *args, port=port)
+        node = self._again(old)
         self.learners[self.learners.index(old)] = node
         return node.start().wait_healthy()
+
+    def restart_proposer(self, old: Node) -> Node:
+        """Start ``old`` (stopped) again with its own command line, as an operator would."""
+        node = self._again(old)
+        self.proposers[self.proposers.index(old)] = node
+        return node.start().wait_healthy()
+
+    def _again(self, old: Node) -> Node:
+        port = int(old.address.rsplit(":", 1)[1])
+        args = old.argv[old.argv.index("--listen") + 2 : old.argv.index("--insecure")]
+        args += old.argv[old.argv.index("--insecure") + 1 :]
+        return self.cluster.node(old.role, old.node_id, *args, port=port)
 
 
 def start_kv_cluster(cluster: Cluster, *, proposers: int = 3, learners: int = 2) -> KvCluster:

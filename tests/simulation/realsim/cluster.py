@@ -45,6 +45,7 @@ from paxos_service.storage.sqlite import SqliteAcceptorStorage
 from paxos_service.transport.server import LIVENESS, RoleServer
 from paxos_service.v1 import paxos_pb2 as pb
 from roles import AcceptorState, Ballot, RangePromise
+from roles.acceptor import report_start
 from tests.simulation.realsim.executor import SimExecutor
 from tests.simulation.realsim.net import NetFaults, SimNetwork, SimServer
 from tests.simulation.realsim.vloop import NODE, VirtualEventLoop
@@ -166,10 +167,11 @@ class RecordingStorage(SqliteAcceptorStorage):
         self,
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
+        chosen_through: int | None = None,
     ) -> None:
         if self._faults.commit_failure and self._rng.random() < self._faults.commit_failure:
             raise StorageError("disk I/O error (simulated fsync failure)")
-        super().save(writes, range_promise)
+        super().save(writes, range_promise, chosen_through)
         self._recorder.monitors[self.acceptor_id].committed(writes, range_promise)
         for instance, state in writes:
             if state.accepted_value is not None:
@@ -245,6 +247,8 @@ class ClusterShape:
     proposers: int = 2
     learners: int = 2
     max_resident_instances: int = 30
+    #: 0: pages as large as a value may be (the default).
+    promise_page_bytes: int = 0
     heartbeat_interval: float = 0.1
     election_timeout: float = 0.5
 
@@ -370,6 +374,7 @@ class SimCluster:
             db_path=path,
             cluster_id="sim",
             max_resident_instances=self.shape.max_resident_instances,
+            promise_page_bytes=self.shape.promise_page_bytes,
         )
         monitor = self.recorder.monitors.setdefault(
             node.index, AcceptorMonitor(node.index, self.recorder.acceptor_word)
@@ -449,8 +454,9 @@ def _watch_acceptor(servicer: Any, monitor: AcceptorMonitor) -> None:
     acceptor = servicer.acceptor
     on_prepare_range = acceptor.on_prepare_range
 
-    def checked_prepare_range(range_promise: Any, states: Any, msg: Any) -> Any:
-        monitor.range_read(msg.from_instance, states)
-        return on_prepare_range(range_promise, states, msg)
+    def checked_prepare_range(range_promise: Any, states: Any, msg: Any, **kwargs: Any) -> Any:
+        # The read must hold every vote the reply may report.
+        monitor.range_read(report_start(msg, kwargs.get("chosen_through", 0)), states)
+        return on_prepare_range(range_promise, states, msg, **kwargs)
 
     acceptor.on_prepare_range = checked_prepare_range
