@@ -29,6 +29,8 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _C = TypeVar("_C", bound="_Core")
 #: How long closing waits for calls still running to end once cancelled.
 _CANCEL_GRACE = 1.0
+#: How long closing waits for the channels to close.
+_CLOSE_TIMEOUT = 2.0
 
 
 class LoopThread:
@@ -87,7 +89,9 @@ class LoopThread:
             self._closed = True
         self._loop.call_soon_threadsafe(self._begin_shutdown, cleanup)
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            # Bounded, like every step of the shutdown: a close must never
+            # hang a program on its way out (Ctrl-C); the thread is a daemon.
+            self._thread.join(timeout=_CLOSE_TIMEOUT + _CANCEL_GRACE + 1.0)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -102,8 +106,9 @@ class LoopThread:
 
     async def _shutdown(self, cleanup: Callable[[], Awaitable[None]] | None) -> None:
         if cleanup is not None:
-            with contextlib.suppress(Exception):  # closing goes on whatever a channel says
-                await cleanup()
+            # Closing goes on whatever a channel says, or if it never answers.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(cleanup(), _CLOSE_TIMEOUT)
         current = asyncio.current_task()
         others = [task for task in asyncio.all_tasks() if task is not current]
         for task in others:
