@@ -244,13 +244,15 @@ def summarize(
     states: Mapping[int, AcceptorState], range_promise: RangePromise
 ) -> tuple[Ballot, int]:
     """An acceptor's highest promised ballot (per instance or range) and the
-    highest instance it has accepted a value for (0: none)."""
+    highest instance it has accepted a value for (0: none). A negative key is
+    a single-decree instance (the service keeps instance k of that space under
+    -k): it counts as instance k, so that M covers both spaces."""
     promised = range_promise.ballot
     highest_accepted = 0
     for instance, state in states.items():
         promised = max(promised, state.promised_ballot)
         if state.accepted_value is not None:
-            highest_accepted = max(highest_accepted, instance)
+            highest_accepted = max(highest_accepted, abs(instance))
     return promised, highest_accepted
 
 

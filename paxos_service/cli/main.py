@@ -10,7 +10,7 @@
     paxos get      --learner HOST:PORT INSTANCE
     paxos kv       [--learners HOST:PORT,...] put|get|del|cas|range|watch ...
     paxos status   [--acceptors ...] [--proposers ...] [--learners ...] [--watch [S]] [--json]
-    paxos explain  INSTANCE [--proposers ...] [--learners ...] [--json]
+    paxos explain  INSTANCE [--log] [--proposers ...] [--learners ...] [--json]
 
 Server options fall back to ``PAXOS_<OPTION>`` environment variables. Errors
 are one line on stderr and a non-zero exit, never a traceback.

@@ -2,7 +2,7 @@
 
     paxos status  [--acceptors A,..] [--proposers P,..] [--learners L,..]
                   [--watch [SECONDS]] [--timeout S] [--json] [--tls-*]
-    paxos explain INSTANCE [--proposers P,..] [--learners L,..] [--timeout S]
+    paxos explain INSTANCE [--log] [--proposers P,..] [--learners L,..] [--timeout S]
                   [--value-limit BYTES] [--json] [--tls-*]
 
 ``status`` asks every node at once for its health and ``GetNodeStatus`` and
@@ -139,6 +139,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "with an explanation, 1 if no proposer or learner answered. See docs/operations.md.",
     )
     explain.add_argument("instance", type=argparse_type(_instance, "instance"), metavar="INSTANCE")
+    explain.add_argument(
+        "--log",
+        action="store_true",
+        help="the replicated log's INSTANCE (default: the single-decree instance that "
+        "`paxos propose` and Propose decide; the two are separate)",
+    )
     _add_address_options(explain, "proposers", "learners")
     explain.add_argument(
         "--timeout",
@@ -234,7 +240,7 @@ def run_explain(args: argparse.Namespace) -> int:
     def run() -> int:
         try:
             answer, address = oc.explain(
-                args.instance, addresses, files, args.timeout, args.value_limit
+                args.instance, addresses, files, args.timeout, args.value_limit, log=args.log
             )
         except ValueError as exc:
             _fail(str(exc), EXIT_USAGE)

@@ -417,10 +417,17 @@ def explain(
     files: TlsFiles | None,
     timeout: float,
     value_limit: int = 0,
+    *,
+    log: bool = False,
 ) -> tuple[pb.ExplainInstanceResponse, str]:
-    """The first answer among ``addresses``, tried in turn, and who gave it.
+    """The first answer among ``addresses``, tried in turn, and who gave it,
+    about the log's ``instance`` (``log``) or the single-decree one.
     Raises LookupError naming every failure if none answers."""
-    request = pb.ExplainInstanceRequest(instance=instance, value_limit=value_limit)
+    request = pb.ExplainInstanceRequest(
+        instance=instance,
+        value_limit=value_limit,
+        space=pb.INSTANCE_SPACE_LOG if log else pb.INSTANCE_SPACE_UNSPECIFIED,
+    )
     errors = []
     for address in addresses:
         with tls.sync_channel(address, files, _CHANNEL_OPTIONS) as channel:

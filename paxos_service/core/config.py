@@ -130,6 +130,9 @@ class AcceptorConfig(ServerConfig):
     #: Most bytes one page of a PromiseRange carries (0: ``max_value_bytes``,
     #: so that a page always fits a message). Smaller only in tests.
     promise_page_bytes: int = 0
+    #: Skip what this acceptor knows is chosen in a PromiseRange (a bounded
+    #: phase 1). Off only in the simulation, which covers both paths.
+    skip_known_chosen: bool = True
 
 
 @dataclass(frozen=True)

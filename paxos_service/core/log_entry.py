@@ -1,14 +1,10 @@
 """How log entries are encoded as Paxos values.
 
-A log entry is ``MAGIC + LogEntry`` (protobuf). The magic prefix tells log
-entries apart from values someone proposed by hand with the single-decree
-``Propose`` API into an instance the log also uses: such a value is an
-*opaque* entry, which every replica skips the same way, so the two APIs can
-share one instance space without confusing the state machine.
-
-The prefix is reserved: ``Propose`` refuses a value that begins with it
-(:func:`is_reserved`), so no client can hand-make a log entry. A learner still
-never trusts a value to be well formed, and :func:`decode` gives every replica
+A log entry is ``MAGIC + LogEntry`` (protobuf). Single-decree ``Propose``
+values live in their own instance space (``InstanceSpace`` in the proto), so
+they never reach the log, whatever bytes they hold. A learner still never
+trusts a value to be well formed (an opaque value: a no-op, skipped the same
+way by every replica), and :func:`decode` gives every replica
 the same reading of an odd one: an entry with ``noop`` set is a no-op, whatever
 else it carries (commands in a no-op entry are ignored, never applied), and a
 value with the prefix that does not parse is an opaque entry (a no-op too).
@@ -49,13 +45,6 @@ def encode_batch(commands: Sequence[bytes]) -> bytes:
         parts.append(_varint(len(command)))
         parts.append(command)
     return b"".join(parts)
-
-
-def is_reserved(value: bytes) -> bool:
-    """Whether ``value`` carries the log's prefix (only the log may propose
-    it). The bare no-op is not reserved: it changes nothing, and a learner
-    proposes it to repair an instance it cannot learn (see replica.py)."""
-    return value.startswith(MAGIC) and value != NOOP
 
 
 def decode(value: bytes) -> pb.LogEntry | None:

@@ -358,7 +358,10 @@ class LogDriver:
                 reply: Any = wire.prepare_range_response_from_pb(response)
             else:
                 accept_response = await peer.stub.Accept(
-                    pb.AcceptRequest(accept=wire.accept_to_pb(message)), timeout=timeout
+                    pb.AcceptRequest(
+                        accept=wire.accept_to_pb(message), space=pb.INSTANCE_SPACE_LOG
+                    ),
+                    timeout=timeout,
                 )
                 reply = wire.accept_response_from_pb(accept_response)
         except grpc.aio.AioRpcError as exc:
@@ -417,7 +420,9 @@ class LogDriver:
         self._step(lambda now: self.leader.on_heartbeat_reply(peer_id, highest, now))
 
     async def _decide(self, chosen: Chosen) -> None:
-        request = pb.DecideRequest(decide=wire.decide_to_pb(chosen.decide))
+        request = pb.DecideRequest(
+            decide=wire.decide_to_pb(chosen.decide), space=pb.INSTANCE_SPACE_LOG
+        )
         await asyncio.gather(
             *(stub.Decide(request, timeout=2.0) for stub in self.learners),
             return_exceptions=True,

@@ -76,23 +76,28 @@ class ProposerDriver:
         self.role_config = RoleProposerConfig(phase_timeout=config.phase_timeout)
         self._rng = rng or runtime.rng()
         self._clock = clock
-        #: Per-instance lock and the number of calls holding or awaiting it.
-        self._locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
-        #: Highest round seen per instance, so a retry starts above it.
-        self._rounds: dict[int, int] = {}
+        #: Per (space, instance) lock and the number of calls holding or awaiting it.
+        self._locks: dict[tuple[bool, int], tuple[asyncio.Lock, list[int]]] = {}
+        #: Highest round seen per (space, instance), so a retry starts above it.
+        self._rounds: dict[tuple[bool, int], int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._logger = get_logger()
 
-    async def propose(self, instance: int, value: bytes, deadline: float) -> Chosen:
-        lock, users = self._locks.setdefault(instance, (asyncio.Lock(), [0]))
+    async def propose(
+        self, instance: int, value: bytes, deadline: float, *, log: bool = False
+    ) -> Chosen:
+        """Run single-decree Paxos on ``instance``: a single-decree instance,
+        or with ``log`` the log's (a learner repairing a hole with the no-op)."""
+        key = (log, instance)
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
             async with lock:
-                return await self._run(instance, value, deadline)
+                return await self._run(instance, value, deadline, log)
         finally:
             users[0] -= 1
             if users[0] == 0:  # keep the dict small: drop idle locks
-                del self._locks[instance]
+                del self._locks[key]
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -101,7 +106,7 @@ class ProposerDriver:
         for peer in self.acceptors:
             await peer.channel.close(grace=None)
 
-    async def _run(self, instance: int, value: bytes, deadline: float) -> Chosen:
+    async def _run(self, instance: int, value: bytes, deadline: float, log: bool) -> Chosen:
         proposer = Proposer(
             proposer_id=self.config.node_id,
             instance=instance,
@@ -110,7 +115,7 @@ class ProposerDriver:
             rng=self._rng,
             deadline=deadline,
             config=self.role_config,
-            min_round=self._rounds.get(instance, 0),
+            min_round=self._rounds.get((log, instance), 0),
         )
         inbox: asyncio.Queue[Reply] = asyncio.Queue()
         # A dict, not a set: tasks are cancelled in the order they were sent
@@ -138,7 +143,7 @@ class ProposerDriver:
                         phase_started = now
                         for peer in self.acceptors:
                             task = asyncio.create_task(
-                                self._send(peer, effect.message, inbox, answered, deadline)
+                                self._send(peer, effect.message, log, inbox, answered, deadline)
                             )
                             in_flight[task] = None
                             task.add_done_callback(functools.partial(in_flight.pop))
@@ -147,11 +152,11 @@ class ProposerDriver:
                     elif isinstance(effect, Chosen):
                         stats.phase2.observe(self._clock() - phase_started)
                         stats.chosen.inc()
-                        self._rounds.pop(instance, None)
-                        self._announce(effect.decide)
+                        self._rounds.pop((log, instance), None)
+                        self._announce(effect.decide, log)
                         return effect
                     elif isinstance(effect, GaveUp):
-                        self._rounds[instance] = proposer.highest_round_seen
+                        self._rounds[(log, instance)] = proposer.highest_round_seen
                         raise self._failure(effect, answered)
                 try:
                     reply = await asyncio.wait_for(
@@ -181,6 +186,7 @@ class ProposerDriver:
         self,
         peer: AcceptorPeer,
         message: Prepare | Accept,
+        log: bool,
         inbox: asyncio.Queue[Reply],
         answered: set[int],
         deadline: float,
@@ -190,12 +196,16 @@ class ProposerDriver:
             reply: Reply
             if isinstance(message, Prepare):
                 response = await peer.stub.Prepare(
-                    pb.PrepareRequest(prepare=wire.prepare_to_pb(message)), timeout=timeout
+                    pb.PrepareRequest(
+                        prepare=wire.prepare_to_pb(message), space=wire.space_of(log)
+                    ),
+                    timeout=timeout,
                 )
                 reply = wire.prepare_response_from_pb(response)
             else:
                 accept_response = await peer.stub.Accept(
-                    pb.AcceptRequest(accept=wire.accept_to_pb(message)), timeout=timeout
+                    pb.AcceptRequest(accept=wire.accept_to_pb(message), space=wire.space_of(log)),
+                    timeout=timeout,
                 )
                 reply = wire.accept_response_from_pb(accept_response)
         except grpc.aio.AioRpcError as exc:
@@ -232,16 +242,16 @@ class ProposerDriver:
             )
         return ProposalFailed(f"instance {gave_up.instance}: {gave_up.reason}")
 
-    def _announce(self, decide: Decide) -> None:
+    def _announce(self, decide: Decide, log: bool) -> None:
         """Tell the learners, without making the client wait for them."""
         if not self.learners:
             return
-        task = asyncio.create_task(self._send_decide(decide))
+        task = asyncio.create_task(self._send_decide(decide, log))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _send_decide(self, decide: Decide) -> None:
-        request = pb.DecideRequest(decide=wire.decide_to_pb(decide))
+    async def _send_decide(self, decide: Decide, log: bool) -> None:
+        request = pb.DecideRequest(decide=wire.decide_to_pb(decide), space=wire.space_of(log))
         results = await asyncio.gather(
             *(stub.Decide(request, timeout=2.0) for stub in self.learners),
             return_exceptions=True,

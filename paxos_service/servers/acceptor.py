@@ -58,6 +58,18 @@ from roles.recovery import summarize
 
 SERVICE_NAME = "paxos_service.v1.AcceptorService"
 
+
+def state_key(instance: int, log: bool) -> int:
+    """Where an instance's state is kept. Single-decree instance k is kept
+    under key -k: the log's range reads (PrepareRange, catch-up) and its
+    compaction look only at keys >= 1, so they never see or touch a
+    single-decree instance. Two things still span both spaces, as they did
+    when the spaces were one: the range promise's floor binds instance k of
+    either, and recovery's no_vote_through M counts both (``abs`` of the key),
+    so a rebuilt acceptor keeps every promise its lost self may have made."""
+    return instance if log else -instance
+
+
 #: Most entries one GetAcceptedRange returns.
 _RANGE_LIMIT = 1000
 
@@ -104,9 +116,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         self, request: pb.PrepareRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PrepareResponse:
         msg = await self._parse(context, lambda: wire.prepare_from_pb(request.prepare))
+        log = await self._parse(context, lambda: wire.is_log(request.space))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
         step = await self._step(
-            context, lambda s, floor: self.acceptor.on_prepare(s, msg, floor), msg.instance
+            context, lambda s, floor: self.acceptor.on_prepare(s, msg, floor), msg.instance, log
         )
         if isinstance(step, Promise):
             metrics.PROMISED_PREPARE.inc()
@@ -120,12 +133,13 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
     ) -> pb.AcceptResponse:
         max_bytes = self.config.max_value_bytes
         msg = await self._parse(context, lambda: wire.accept_from_pb(request.accept, max_bytes))
+        log = await self._parse(context, lambda: wire.is_log(request.space))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
-        if msg.chosen_through > self.chosen_through:
+        if log and msg.chosen_through > self.chosen_through:
             self.chosen_through = msg.chosen_through
             self.committer.note_chosen_through(msg.chosen_through)
         step = await self._step(
-            context, lambda s, floor: self.acceptor.on_accept(s, msg, floor), msg.instance
+            context, lambda s, floor: self.acceptor.on_accept(s, msg, floor), msg.instance, log
         )
         if isinstance(step, Accepted):
             self.last_contact = (msg.ballot.proposer_id, clock.now())
@@ -139,9 +153,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         self, request: pb.GetAcceptedRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAcceptedResponse:
         instance = await self._parse(context, lambda: wire.check_instance(request.instance))
+        log = await self._parse(context, lambda: wire.is_log(request.space))
         async with self.window.step():
             await self._check_voting(context)
-            state = await self.window.state_of(instance)
+            state = await self.window.state_of(state_key(instance, log))
         await self._wait_durable(context)
         response = pb.GetAcceptedResponse(promised_ballot=wire.ballot_to_pb(state.promised_ballot))
         if state.accepted_value is not None:
@@ -161,7 +176,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         bind_request(context, instance=msg.from_instance, ballot=str(msg.ballot))
         async with self.window.step():
             await self._check_voting(context)
-            chosen_through = self.chosen_through
+            chosen_through = self.chosen_through if self.config.skip_known_chosen else 0
             later = await self.window.states_from(report_start(msg, chosen_through))
             # A commit may have failed during the read: check again, then no
             # await until the promise is queued.
@@ -247,7 +262,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             status=self.status(),
             known_incarnation=known,
             has_state=bool(self.window.states)
-            or self.window.spilled_through > 0
+            or self.window.spilled_through != 0
             or not self.range_promise.ballot.is_zero,
         )
 
@@ -334,17 +349,26 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _step(
-        self, context: grpc.aio.ServicerContext[Any, Any], step_fn: Any, instance: int
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        step_fn: Any,
+        instance: int,
+        log: bool,
     ) -> Promise | Accepted | Reject:
-        """Read ``instance``, decide with ``step_fn(state, range_floor)`` and
-        queue the new state, as one atomic step; reply once it is durable."""
+        """Read ``instance`` (of the log, or single-decree), decide with
+        ``step_fn(state, range_floor)`` and queue the new state, as one
+        atomic step; reply once it is durable."""
+        key = state_key(instance, log)
         async with self.window.step():
             await self._check_voting(context)
-            state = await self.window.state_of(instance)
+            state = await self.window.state_of(key)
             # A commit may have failed during the read: check again. From here
             # to the write below there is no await, so the decision sees the
             # latest state and the latest range promise.
             await self._check_voting(context)
+            # The range promise binds single-decree instances too, as when the
+            # two shared one space: a rebuilt acceptor's floor (roles/recovery.py)
+            # must. It never blocks a log's PrepareRange, which reads keys >= 1.
             try:
                 step = step_fn(state, self.range_promise.floor(instance))
             except ProtocolError as exc:
@@ -353,7 +377,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             if step.persist:
                 # Later steps see this state at once; nobody hears of it before it is durable.
-                self.window.write(instance, step.state)
+                self.window.write(key, step.state)
         await self._wait_durable(context)
         self._logger.debug("replied", reply=type(step.reply).__name__, persisted=step.persist)
         reply: Promise | Accepted | Reject = step.reply

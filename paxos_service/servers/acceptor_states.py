@@ -47,7 +47,9 @@ class StateWindow:
     ) -> None:
         #: The latest state of each resident instance, including writes not yet
         #: committed. An instance not here is on disk if it is at most
-        #: ``spilled_through``, else it has no state.
+        #: ``spilled_through`` (0: nothing is), else it has no state. Keys
+        #: below 1 are single-decree instances (servers/acceptor.py): the
+        #: lowest keys are evicted first, so ``spilled_through`` may be one.
         self.states = states
         #: Resident instances, sorted, for range reads.
         self.instances = sorted(states)
@@ -78,7 +80,7 @@ class StateWindow:
         """The latest state of ``instance``: from memory, or from disk for an
         instance evicted from memory. Call inside :meth:`step`."""
         state = self.states.get(instance)
-        if state is not None or instance > self.spilled_through:
+        if state is not None or not self.on_disk(instance):
             return state or AcceptorState()
         loaded = await self.committer.run(
             self.committer.storage.load_states,
@@ -87,6 +89,10 @@ class StateWindow:
         )
         # A write may have landed while we read: memory is always the latest.
         return self.states.get(instance) or loaded.get(instance, AcceptorState())
+
+    def on_disk(self, instance: int) -> bool:
+        """Whether ``instance``, if it has state and is not resident, is on disk."""
+        return self.spilled_through != 0 and instance <= self.spilled_through
 
     async def states_from(
         self, first: int, *, accepted_limit: int | None = None
@@ -148,7 +154,8 @@ class StateWindow:
             if instance in self._unsaved:
                 continue  # its latest state is not on disk yet
             del self.states[instance]
-            self.spilled_through = max(self.spilled_through, instance)
+            spilled = self.spilled_through
+            self.spilled_through = instance if spilled == 0 else max(spilled, instance)
             evicted += 1
         if evicted:
             self.instances = [i for i in self.instances if i in self.states]

@@ -22,7 +22,7 @@ import grpc
 
 from paxos_service.core.config import ConfigError, TlsFiles
 from paxos_service.servers.verdict import judge
-from paxos_service.transport import tls
+from paxos_service.transport import tls, wire
 from paxos_service.transport.channels import channel_options
 from paxos_service.transport.diagnostics import FRESH_CONNECTION, rpc_reason
 from paxos_service.v1 import paxos_pb2 as pb
@@ -129,6 +129,7 @@ async def ask_learner(
 async def explain_from_peers(
     dialer: Dialer,
     instance: int,
+    log: bool,
     value_limit: int,
     timeout: float,
     acceptors: Sequence[str],
@@ -136,7 +137,9 @@ async def explain_from_peers(
     local_learner: pb.LearnerInstanceState | None = None,
 ) -> pb.ExplainInstanceResponse:
     """Ask every acceptor (``acceptors[i]`` is acceptor i) and learner at once."""
-    request = pb.ExplainInstanceRequest(instance=instance, local_only=True, value_limit=value_limit)
+    request = pb.ExplainInstanceRequest(
+        instance=instance, local_only=True, value_limit=value_limit, space=wire.space_of(log)
+    )
     acceptor_states, learner_states = await asyncio.gather(
         asyncio.gather(
             *(ask_acceptor(dialer, i, a, request, timeout) for i, a in enumerate(acceptors))

@@ -45,14 +45,19 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             if replica is not None
             else connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
         )
-        self.learner = Learner(frozenset(p.acceptor_id for p in self.acceptors))
+        ids = frozenset(p.acceptor_id for p in self.acceptors)
+        #: Single-decree instances (Propose), and the log's when no replica
+        #: applies them: two spaces, never mixed (see InstanceSpace in the proto).
+        self.learner = Learner(ids)
+        self.log_learner = Learner(ids)
         #: The replicated log's replica, when this learner serves the KV store.
         self.replica = replica
         self.kv: KvServicer | None = None
         #: Set once serving: health turns NOT_SERVING on a conflict.
         self.role_server: RoleServer | None = None
-        #: The conflicts seen so far (normally none, ever).
-        self.conflicts: list[Conflict] = []
+        #: The conflicts seen so far (normally none, ever), and whether each
+        #: was in the log's space.
+        self.conflicts: list[tuple[Conflict, bool]] = []
         self._logger = get_logger()
 
     async def Decide(
@@ -60,21 +65,23 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
     ) -> pb.DecideResponse:
         try:
             decide = wire.decide_from_pb(request.decide, self.config.max_value_bytes)
+            log = wire.is_log(request.space)
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         bind_request(context, instance=decide.instance, ballot=str(decide.ballot))
-        if self.replica is not None:
+        if log and self.replica is not None:
             # Log instances go to the replica; keeping every value here too
             # would grow without bound. GetDecision asks the acceptors instead.
             self.replica.on_decided(decide.instance, decide.value)
             return pb.DecideResponse()
-        known = self.learner.decision(decide.instance)
+        learner = self.log_learner if log else self.learner
+        known = learner.decision(decide.instance)
         try:
-            learned = self.learner.on_decide(decide)
+            learned = learner.on_decide(decide)
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if isinstance(learned, Conflict):
-            await self.report_conflict(learned)
+            await self.report_conflict(learned, log)
             await context.abort(grpc.StatusCode.INTERNAL, f"safety violation: {learned.describe()}")
         if known is None:
             metrics.LEARNED_FROM_DECIDE.inc()
@@ -86,22 +93,26 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
     ) -> pb.GetDecisionResponse:
         try:
             instance = wire.check_instance(request.instance)
+            log = wire.is_log(request.space)
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         bind_request(context, instance=instance)
-        contested = next((c for c in self.conflicts if c.instance == instance), None)
+        learner = self.log_learner if log else self.learner
+        contested = next(
+            (c for c, c_log in self.conflicts if c.instance == instance and c_log == log), None
+        )
         if contested is not None:
             # Either answer may be wrong: say why instead of picking one.
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"safety violation: {contested.describe()}"
             )
-        learned = self.learner.decision(instance)
+        learned = learner.decision(instance)
         if learned is None:
             timeout = self.config.read_timeout
             remaining = context.time_remaining()
             if remaining is not None:
                 timeout = min(timeout, max(0.01, remaining - 0.05))
-            learned = await self._ask_acceptors(instance, timeout)
+            learned = await self._ask_acceptors(instance, log, timeout)
             if isinstance(learned, Conflict):
                 await context.abort(
                     grpc.StatusCode.INTERNAL, f"safety violation: {learned.describe()}"
@@ -117,16 +128,17 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             ballot=wire.ballot_to_pb(learned.ballot),
         )
 
-    async def _ask_acceptors(self, instance: int, timeout: float) -> Learned | None:
+    async def _ask_acceptors(self, instance: int, log: bool, timeout: float) -> Learned | None:
         results = await asyncio.gather(
-            *(self._read(peer, instance, timeout) for peer in self.acceptors)
+            *(self._read(peer, instance, log, timeout) for peer in self.acceptors)
         )
+        learner = self.log_learner if log else self.learner
         learned: Learned | None = None
         conflict: Conflict | None = None
         for accepted in results:
             if accepted is not None:
                 try:
-                    outcome = self.learner.on_accepted(accepted)
+                    outcome = learner.on_accepted(accepted)
                 except ProtocolError as exc:
                     self._logger.error("bad vote from acceptor", error=str(exc))
                     continue
@@ -135,18 +147,20 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
                 elif outcome is not None:
                     learned = outcome
         if conflict is not None:
-            await self.report_conflict(conflict)
+            await self.report_conflict(conflict, log)
             return conflict
         return learned
 
-    async def report_conflict(self, conflict: Conflict) -> None:
-        """Two values were chosen for one instance: say so loudly (one
-        critical line, a metric) and stop serving for good."""
-        self.conflicts.append(conflict)
+    async def report_conflict(self, conflict: Conflict, log: bool) -> None:
+        """Two values were chosen for one instance (of the log, or
+        single-decree): say so loudly (one critical line, a metric) and stop
+        serving for good."""
+        self.conflicts.append((conflict, log))
         metrics.LEARNER_CONFLICTS.labels(conflict.source).inc()
         self._logger.critical(
             "safety violation: two values chosen for one instance; learner stops serving",
             instance=conflict.instance,
+            space="log" if log else "single-decree",
             ballot=str(conflict.ballot),
             conflicting_ballot=str(conflict.conflicting_ballot),
             shown_by=conflict.source,
@@ -155,10 +169,13 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         if self.role_server is not None:
             await self.role_server.set_serving(False)
 
-    async def _read(self, peer: AcceptorPeer, instance: int, timeout: float) -> Accepted | None:
+    async def _read(
+        self, peer: AcceptorPeer, instance: int, log: bool, timeout: float
+    ) -> Accepted | None:
         try:
             response = await peer.stub.GetAccepted(
-                pb.GetAcceptedRequest(instance=instance), timeout=timeout
+                pb.GetAcceptedRequest(instance=instance, space=wire.space_of(log)),
+                timeout=timeout,
             )
         except grpc.aio.AioRpcError as exc:
             self._logger.debug("acceptor read failed", error=describe_rpc_error(peer.address, exc))

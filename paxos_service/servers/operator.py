@@ -36,8 +36,10 @@ class NodeView(Protocol):
     def status(self) -> pb.GetNodeStatusResponse: ...
 
     async def explain(
-        self, instance: int, local_only: bool, value_limit: int, timeout: float
-    ) -> pb.ExplainInstanceResponse: ...
+        self, instance: int, log: bool, local_only: bool, value_limit: int, timeout: float
+    ) -> pb.ExplainInstanceResponse:
+        """``instance`` of the log (``log``), or the single-decree one."""
+        ...
 
 
 class OperatorServicer(pb_grpc.OperatorServiceServicer):
@@ -56,6 +58,7 @@ class OperatorServicer(pb_grpc.OperatorServiceServicer):
     ) -> pb.ExplainInstanceResponse:
         try:
             instance = wire.check_instance(request.instance)
+            log = wire.is_log(request.space)
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         timeout = PEER_TIMEOUT
@@ -64,7 +67,11 @@ class OperatorServicer(pb_grpc.OperatorServiceServicer):
             timeout = max(0.05, min(timeout, remaining - _DEADLINE_MARGIN))
         try:
             return await self.view.explain(
-                instance, request.local_only, request.value_limit or DEFAULT_VALUE_LIMIT, timeout
+                instance,
+                log,
+                request.local_only,
+                request.value_limit or DEFAULT_VALUE_LIMIT,
+                timeout,
             )
         except PeerUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))

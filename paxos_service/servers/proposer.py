@@ -43,15 +43,16 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
         try:
             instance = wire.check_instance(request.instance)
             value = wire.check_value(request.value, config.max_value_bytes)
+            log = wire.is_log(request.space)
         except wire.WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if log_entry.is_reserved(value):
-            # Learners decode such a value as a log entry: a client could inject
-            # commands (or a malformed entry) into the replicated log.
+        if log and value != log_entry.NOOP:
+            # The log's instances take commands through Append only; a Propose
+            # there is a learner filling a hole it cannot read, with the no-op.
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"a value must not begin with {log_entry.MAGIC!r}: that prefix is reserved for "
-                "the replicated log's entries (use the KvService, or Append, to add to the log)",
+                "a Propose in the log's instance space may only carry the log's no-op "
+                "(learners repair holes with it); use Append or the KvService to add commands",
             )
         bind_request(context, instance=instance)
         budget = config.propose_timeout
@@ -62,7 +63,7 @@ class ProposerServicer(pb_grpc.ProposerServiceServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline too short to propose")
         deadline = clock.now() + budget
         try:
-            chosen = await self.driver.propose(instance, value, deadline)
+            chosen = await self.driver.propose(instance, value, deadline, log=log)
         except QuorumUnavailable as exc:
             self._logger.warning("propose failed", error=str(exc))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))

@@ -204,7 +204,9 @@ async def _repair(appender: LogAppender | None, instance: int) -> bytes | None:
     return the value chosen there (None if no proposer could say)."""
     if appender is None:
         return None
-    request = pb.ProposeRequest(instance=instance, value=log_entry.NOOP)
+    request = pb.ProposeRequest(
+        instance=instance, value=log_entry.NOOP, space=pb.INSTANCE_SPACE_LOG
+    )
     for address in appender.proposers:
         try:
             reply = await appender.proposer_stub(address).Propose(request, timeout=3.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from paxos_service.client.operator import describe_value
 from paxos_service.node.log_driver import LogDriver
 from paxos_service.node.proposer_driver import ProposerDriver
-from paxos_service.servers.acceptor import AcceptorServicer
+from paxos_service.servers.acceptor import AcceptorServicer, state_key
 from paxos_service.servers.explain import Dialer, explain_from_peers, explained_value, finish
 from paxos_service.servers.learner import LearnerServicer
 from paxos_service.servers.operator import PeerUnavailable
@@ -36,6 +36,7 @@ class AcceptorView:
         # loop for most of a second per million instances.
         instances = s.window.instances
         states = s.window.states
+        # Keys < 1 are single-decree instances, not the log's (servers/acceptor.py).
         highest_accepted = next(
             (i for i in reversed(instances) if states[i].accepted_value is not None), 0
         )
@@ -43,8 +44,8 @@ class AcceptorView:
             status=s.status(),
             status_reason=self._status_reason(),
             instances=len(instances),
-            highest_instance=instances[-1] if instances else 0,
-            highest_accepted_instance=highest_accepted,
+            highest_instance=max(instances[-1], 0) if instances else 0,
+            highest_accepted_instance=max(highest_accepted, 0),
             no_vote_through=s.acceptor.no_vote_through,
             acceptors=list(s.identity.acceptors) if s.identity is not None else [],
         )
@@ -67,11 +68,12 @@ class AcceptorView:
         return ""
 
     async def explain(
-        self, instance: int, local_only: bool, value_limit: int, timeout: float
+        self, instance: int, log: bool, local_only: bool, value_limit: int, timeout: float
     ) -> pb.ExplainInstanceResponse:
         s = self.servicer
-        state = await s.window.state_of(instance)  # from disk if it left memory
-        range_promise = s.range_promise
+        # From disk if it left memory.
+        state = await s.window.state_of(state_key(instance, log))
+        range_promise = s.range_promise  # it binds both spaces (servers/acceptor.py)
         status = s.status()
         # What we report may include writes still being committed: say nothing
         # that is not on disk, as for every other reply.
@@ -155,18 +157,18 @@ class ProposerView:
         )
 
     async def explain(
-        self, instance: int, local_only: bool, value_limit: int, timeout: float
+        self, instance: int, log: bool, local_only: bool, value_limit: int, timeout: float
     ) -> pb.ExplainInstanceResponse:
         config = self.driver.config
         if local_only:
             response = pb.ExplainInstanceResponse(instance=instance)
         else:
             response = await explain_from_peers(
-                self.dialer, instance, value_limit, timeout, config.acceptors, config.learners
+                self.dialer, instance, log, value_limit, timeout, config.acceptors, config.learners
             )
         response.answered_by_role = pb.NODE_ROLE_PROPOSER
         response.answered_by_id = config.node_id
-        if self.log is not None:
+        if self.log is not None and log:
             response.log_chosen_through = self.log.leader.chosen_through
             response.log_next_instance = self.log.leader.next_instance
         if local_only:
@@ -205,7 +207,7 @@ class LearnerView:
             learner=detail,
         )
 
-    def local(self, instance: int, value_limit: int) -> pb.LearnerInstanceState:
+    def local(self, instance: int, log: bool, value_limit: int) -> pb.LearnerInstanceState:
         s = self.servicer
         state = pb.LearnerInstanceState(
             learner_id=s.config.node_id,
@@ -213,22 +215,22 @@ class LearnerView:
             reachable=True,
             kv_enabled=s.replica is not None,
         )
-        learned = s.learner.decision(instance)
+        learned = (s.log_learner if log else s.learner).decision(instance)
         if learned is not None:
             state.decided = True
             state.value.CopyFrom(explained_value(learned.value, value_limit))
             state.ballot.CopyFrom(wire.ballot_to_pb(learned.ballot))
-        if s.replica is not None:
+        if s.replica is not None and log:
             state.applied_instance = s.replica.applied_instance
             state.applied = instance <= s.replica.applied_instance
             state.decided = state.decided or state.applied
         return state
 
     async def explain(
-        self, instance: int, local_only: bool, value_limit: int, timeout: float
+        self, instance: int, log: bool, local_only: bool, value_limit: int, timeout: float
     ) -> pb.ExplainInstanceResponse:
         s = self.servicer
-        me = self.local(instance, value_limit)
+        me = self.local(instance, log, value_limit)
         if local_only:
             response = pb.ExplainInstanceResponse(instance=instance, learners=[me])
             response.summary = f"learner {s.config.node_id} " + (
@@ -238,6 +240,7 @@ class LearnerView:
             response = await explain_from_peers(
                 self.dialer,
                 instance,
+                log,
                 value_limit,
                 timeout,
                 [p.address for p in s.acceptors],

@@ -162,7 +162,8 @@ class SqliteAcceptorStorage:
 
     def summarize_through(self, last: int) -> tuple[Ballot, int]:
         """Over the instances through ``last``: the highest promised ballot
-        and the highest instance with an accepted value (0: none)."""
+        (any instance's) and the highest instance, of either space, with an
+        accepted value (0: none)."""
         t = acceptor_state.c
         conn = self._connection()
         try:
@@ -173,8 +174,10 @@ class SqliteAcceptorStorage:
                     .order_by(t.promised_round.desc(), t.promised_proposer_id.desc())
                     .limit(1)
                 ).first()
+                # Key -k is single-decree instance k (servers/acceptor.py): M
+                # counts both spaces.
                 accepted = conn.execute(
-                    select(func.max(t.instance)).where(
+                    select(func.max(func.abs(t.instance))).where(
                         t.instance <= last, t.accepted_value.is_not(None)
                     )
                 ).scalar()

@@ -75,6 +75,18 @@ def accept_to_pb(msg: Accept) -> pb.Accept:
     )
 
 
+def is_log(space: pb.InstanceSpace.ValueType) -> bool:
+    """True for the replicated log's instances, False for single-decree ones
+    (the default); anything else is a WireError."""
+    if space not in (pb.INSTANCE_SPACE_UNSPECIFIED, pb.INSTANCE_SPACE_LOG):
+        raise WireError(f"unknown instance space {space}")
+    return space == pb.INSTANCE_SPACE_LOG
+
+
+def space_of(log: bool) -> pb.InstanceSpace.ValueType:
+    return pb.INSTANCE_SPACE_LOG if log else pb.INSTANCE_SPACE_UNSPECIFIED
+
+
 def check_value(value: bytes, max_value_bytes: int) -> bytes:
     if not value:
         raise WireError("value must not be empty")

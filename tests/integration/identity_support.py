@@ -116,7 +116,8 @@ def alive_but_not_voting(node: Node) -> bool:
 def prepare(address: str, instance: int, round_: int = 2**32) -> pb.PrepareResponse:
     with grpc.insecure_channel(address) as channel:
         request = pb.PrepareRequest(
-            prepare=pb.Prepare(instance=instance, ballot=pb.Ballot(round=round_, proposer_id=7))
+            prepare=pb.Prepare(instance=instance, ballot=pb.Ballot(round=round_, proposer_id=7)),
+            space=pb.INSTANCE_SPACE_LOG,
         )
         response: pb.PrepareResponse = pb_grpc.AcceptorServiceStub(channel).Prepare(
             request, timeout=5
@@ -127,7 +128,10 @@ def prepare(address: str, instance: int, round_: int = 2**32) -> pb.PrepareRespo
 def accept(address: str, instance: int, round_: int = 2**32) -> pb.AcceptResponse:
     with grpc.insecure_channel(address) as channel:
         ballot = pb.Ballot(round=round_, proposer_id=7)
-        request = pb.AcceptRequest(accept=pb.Accept(instance=instance, ballot=ballot, value=b"x"))
+        request = pb.AcceptRequest(
+            accept=pb.Accept(instance=instance, ballot=ballot, value=b"x"),
+            space=pb.INSTANCE_SPACE_LOG,
+        )
         response: pb.AcceptResponse = pb_grpc.AcceptorServiceStub(channel).Accept(
             request, timeout=5
         )

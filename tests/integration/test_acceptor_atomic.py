@@ -116,7 +116,9 @@ def ballot(round_: int, proposer_id: int) -> pb.Ballot:
 
 
 async def accept(node: Node, instance: int, b: pb.Ballot, value: bytes) -> pb.AcceptResponse:
-    request = pb.AcceptRequest(accept=pb.Accept(instance=instance, ballot=b, value=value))
+    request = pb.AcceptRequest(
+        accept=pb.Accept(instance=instance, ballot=b, value=value), space=pb.INSTANCE_SPACE_LOG
+    )
     return await node.servicer.Accept(request, Context())  # type: ignore[arg-type]
 
 

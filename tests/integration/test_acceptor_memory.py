@@ -25,6 +25,9 @@ INSTANCES = 100
 MAX_RESIDENT = 30
 AFTER_EVICTION = resident_after_eviction(MAX_RESIDENT)
 
+#: These tests drive the acceptor as the log does.
+LOG = pb.INSTANCE_SPACE_LOG
+
 
 def ballot(round_: int, proposer_id: int) -> pb.Ballot:
     return pb.Ballot(round=round_, proposer_id=proposer_id)
@@ -71,7 +74,7 @@ async def acceptor(tmp_path: Path) -> AsyncIterator[Acceptor]:
 async def fill(stub: pb_grpc.AcceptorServiceAsyncStub) -> None:
     for instance in range(1, INSTANCES + 1):
         accept = pb.Accept(instance=instance, ballot=ballot(1, 1), value=f"v{instance}".encode())
-        reply = await stub.Accept(pb.AcceptRequest(accept=accept), timeout=10)
+        reply = await stub.Accept(pb.AcceptRequest(accept=accept, space=LOG), timeout=10)
         assert reply.HasField("accepted")
 
 
@@ -85,23 +88,27 @@ async def test_old_instances_leave_memory_and_still_bind(acceptor: Acceptor) -> 
     assert 1 not in servicer.window.states
 
     # A read of an instance on disk only.
-    got = await stub.GetAccepted(pb.GetAcceptedRequest(instance=1), timeout=10)
+    got = await stub.GetAccepted(pb.GetAcceptedRequest(instance=1, space=LOG), timeout=10)
     assert got.accepted.value == b"v1" and got.accepted.ballot == ballot(1, 1)
 
     # The vote made before eviction binds: a lower ballot is refused...
     low = pb.Prepare(instance=1, ballot=ballot(1, 0))
-    reply = await stub.Prepare(pb.PrepareRequest(prepare=low), timeout=10)
+    reply = await stub.Prepare(pb.PrepareRequest(prepare=low, space=LOG), timeout=10)
     assert reply.HasField("reject") and reply.reject.promised_ballot == ballot(1, 1)
     stale = pb.Accept(instance=2, ballot=ballot(1, 0), value=b"other")
-    assert (await stub.Accept(pb.AcceptRequest(accept=stale), timeout=10)).HasField("reject")
+    assert (await stub.Accept(pb.AcceptRequest(accept=stale, space=LOG), timeout=10)).HasField(
+        "reject"
+    )
     # ...and a higher one is told what was accepted.
     high = pb.Prepare(instance=1, ballot=ballot(2, 1))
-    reply = await stub.Prepare(pb.PrepareRequest(prepare=high), timeout=10)
+    reply = await stub.Prepare(pb.PrepareRequest(prepare=high, space=LOG), timeout=10)
     assert reply.promise.accepted_value == b"v1"
     assert reply.promise.accepted_ballot == ballot(1, 1)
     # That promise is now resident again, and binds at once.
     again = pb.Accept(instance=1, ballot=ballot(1, 1), value=b"v1")
-    assert (await stub.Accept(pb.AcceptRequest(accept=again), timeout=10)).HasField("reject")
+    assert (await stub.Accept(pb.AcceptRequest(accept=again, space=LOG), timeout=10)).HasField(
+        "reject"
+    )
 
     # Range reads cross the boundary between disk and memory, in order.
     page = await stub.GetAcceptedRange(
@@ -132,9 +139,11 @@ async def test_a_restart_loads_only_the_newest_instances(acceptor: Acceptor) -> 
             range(INSTANCES - AFTER_EVICTION + 1, INSTANCES + 1)
         )
         assert servicer.window.spilled_through == INSTANCES - AFTER_EVICTION
-        got = await stub.GetAccepted(pb.GetAcceptedRequest(instance=5), timeout=10)
+        got = await stub.GetAccepted(pb.GetAcceptedRequest(instance=5, space=LOG), timeout=10)
         assert got.accepted.value == b"v5"
         stale = pb.Accept(instance=5, ballot=ballot(1, 0), value=b"other")
-        assert (await stub.Accept(pb.AcceptRequest(accept=stale), timeout=10)).HasField("reject")
+        assert (await stub.Accept(pb.AcceptRequest(accept=stale, space=LOG), timeout=10)).HasField(
+            "reject"
+        )
     finally:
         await restarted.stop()

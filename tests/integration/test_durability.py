@@ -22,7 +22,10 @@ from tests.support.processes import Cluster, clean_env, health_status, wait_unti
 
 def _accept(instance: int, value: bytes, round_: int = 1) -> pb.AcceptRequest:
     ballot = pb.Ballot(round=round_, proposer_id=9)
-    return pb.AcceptRequest(accept=pb.Accept(instance=instance, ballot=ballot, value=value))
+    return pb.AcceptRequest(
+        accept=pb.Accept(instance=instance, ballot=ballot, value=value),
+        space=pb.INSTANCE_SPACE_LOG,  # stored under key `instance` (the test reads the file)
+    )
 
 
 def _start_acceptor_expecting_refusal(db: Path, acceptor_id: int = 0) -> str:

@@ -28,6 +28,7 @@ from tests.support.processes import Cluster, KvCluster, clean_env, free_port, st
 
 PAXOS = [sys.executable, "-m", "paxos_service"]
 MAX_INSTANCE = 2**63 - 1
+LOG = pb.INSTANCE_SPACE_LOG
 
 
 # Helpers ---------------------------------------------------------------------------
@@ -123,13 +124,19 @@ def ballot(msg: pb.Ballot) -> tuple[int, int]:
 
 
 def assert_matches_storage(
-    instance: int, entry: pb.AcceptorInstanceState, stored: Stored, acceptor_id: int
+    instance: int,
+    entry: pb.AcceptorInstanceState,
+    stored: Stored,
+    acceptor_id: int,
+    *,
+    log: bool = False,
 ) -> None:
-    """Every field ExplainInstance reports for one acceptor equals its file."""
+    """Every field ExplainInstance reports for one acceptor equals its file
+    (where single-decree instance k is row -k, apart from the log's)."""
     where = f"instance {instance}, acceptor {acceptor_id}"
     assert entry.reachable, where
     assert entry.acceptor_id == acceptor_id, where
-    row = stored.rows.get(instance, Row((0, 0), (0, 0), None))
+    row = stored.rows.get(instance if log else -instance, Row((0, 0), (0, 0), None))
     assert ballot(entry.instance_promised_ballot) == row.promised, where
     assert entry.HasField("instance_promised_ballot") == (row.promised != (0, 0)), where
     assert ballot(entry.accepted_ballot) == row.accepted, where
@@ -314,7 +321,7 @@ def test_explain_log_instances_matches_storage_and_the_learner(
     )
     applied = node_status(learner.address).learner.applied_instance
     assert highest >= 4 and applied >= 4
-    answers = {i: explain(learner.address, i) for i in range(1, highest + 2)}
+    answers = {i: explain(learner.address, i, space=LOG) for i in range(1, highest + 2)}
     for instance in range(1, highest + 1):
         answer = answers[instance]
         assert answer.verdict == pb.INSTANCE_VERDICT_CHOSEN, answer.summary
@@ -332,7 +339,8 @@ def test_explain_log_instances_matches_storage_and_the_learner(
         stored = read_acceptor_file(cluster.db_path(acceptor_id))
         assert stored.range_promise is not None  # the leader's PrepareRange
         for instance, answer in answers.items():
-            assert_matches_storage(instance, answer.acceptors[acceptor_id], stored, acceptor_id)
+            entry = answer.acceptors[acceptor_id]
+            assert_matches_storage(instance, entry, stored, acceptor_id, log=True)
 
 
 # paxos status ----------------------------------------------------------------------

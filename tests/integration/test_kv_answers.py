@@ -32,7 +32,6 @@ from paxos_service.node import replica as replica_module
 from paxos_service.node.appender import LogAppender
 from paxos_service.node.replica import Replica, ReplicaFailed
 from paxos_service.servers.kv import KvServicer
-from paxos_service.servers.proposer import ProposerServicer
 from paxos_service.storage.contract import StorageError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
@@ -146,41 +145,6 @@ def _metadata(exc: grpc.aio.AioRpcError, name: str) -> str | None:
 
 
 # Item 7: a hand-made Propose, an odd entry, an apply error -------------------------
-
-
-async def test_propose_refuses_a_value_with_the_log_prefix() -> None:
-    """Old code: the value went to the proposer driver (here a stub that
-    records the call), so a client could put a hand-made log entry (a no-op
-    with a command) into the log: the call reached ``propose`` and came back
-    UNKNOWN from the stub, not INVALID_ARGUMENT."""
-
-    class Driver:
-        config = type("Config", (), {"max_value_bytes": 1 << 20, "propose_timeout": 5.0})()
-        calls: list[bytes] = []
-
-        async def propose(self, instance: int, value: bytes, deadline: float) -> Any:
-            self.calls.append(value)
-            raise AssertionError("must not be proposed")
-
-    driver = Driver()
-    servicer = ProposerServicer(driver)  # type: ignore[arg-type]
-    server, address = await _serve(
-        lambda s: pb_grpc.add_ProposerServiceServicer_to_server(servicer, s)
-    )
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = pb_grpc.ProposerServiceStub(channel)
-            forged = (
-                log_entry.MAGIC
-                + pb.LogEntry(noop=True, commands=[put("k", b"v")]).SerializeToString()
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await stub.Propose(pb.ProposeRequest(instance=1, value=forged), timeout=BOUND)
-            assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert "reserved" in (raised.value.details() or "")
-            assert driver.calls == []
-    finally:
-        await server.stop(grace=None)
 
 
 async def test_a_noop_entry_with_commands_is_a_noop_and_the_learner_goes_on(node: Node) -> None:

@@ -76,7 +76,9 @@ def test_a_leader_log_reports_what_phase_1_skipped(tmp_path: Path) -> None:
             ballot = pb.Ballot(round=1, proposer_id=0)
             for i in range(1, 11):
                 accept = pb.Accept(instance=i, ballot=ballot, value=b"x", chosen_through=i - 1)
-                assert stub.Accept(pb.AcceptRequest(accept=accept), timeout=5).HasField("accepted")
+                assert stub.Accept(
+                    pb.AcceptRequest(accept=accept, space=pb.INSTANCE_SPACE_LOG), timeout=5
+                ).HasField("accepted")
             higher = pb.PrepareRange(from_instance=1, ballot=pb.Ballot(round=2, proposer_id=1))
             reply = stub.PrepareRange(pb.PrepareRangeRequest(prepare=higher), timeout=5)
         assert reply.promise.chosen_through == 9

@@ -88,7 +88,8 @@ def test_the_product_has_no_broken_acceptor_module() -> None:
 def prepare(address: str, round_: int) -> pb.PrepareResponse:
     with grpc.insecure_channel(address) as channel:
         request = pb.PrepareRequest(
-            prepare=pb.Prepare(instance=1, ballot=pb.Ballot(round=round_, proposer_id=1))
+            prepare=pb.Prepare(instance=1, ballot=pb.Ballot(round=round_, proposer_id=1)),
+            space=pb.INSTANCE_SPACE_LOG,
         )
         response: pb.PrepareResponse = pb_grpc.AcceptorServiceStub(channel).Prepare(
             request, timeout=5

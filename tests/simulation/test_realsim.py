@@ -66,7 +66,7 @@ def test_the_simulation_catches_each_acceptor_race_when_it_is_put_back(mode: str
     checker (agreement or the learners'), not by luck."""
     # Twice the seeds of the main run, stopping at the first catch: since a
     # PrepareRange reads only above what the acceptor knows is chosen, it
-    # rarely waits for the disk, which is the window race 2 needs (seed 391
+    # rarely waits for the disk, which is the window race 2 needs (seed 427
     # is the first to catch it), so the real code is less exposed and the
     # variant needs more schedules to show.
     seeds = 2 * SEEDS

@@ -45,12 +45,14 @@ def _unlocked_saved(self: StateWindow, instance: int, future: Any) -> None:
 
 
 async def _stale_floor_step(
-    self: AcceptorServicer, context: Any, step_fn: Any, instance: int
+    self: AcceptorServicer, context: Any, step_fn: Any, instance: int, log: bool
 ) -> Any:
     """The real step, except that the floor is read before the step starts
     (before waiting for the step lock and for the disk): the bug."""
     floor = self.range_promise.floor(instance)
-    return await _REAL_STEP(self, context, lambda state, _floor: step_fn(state, floor), instance)
+    return await _REAL_STEP(
+        self, context, lambda state, _floor: step_fn(state, floor), instance, log
+    )
 
 
 _REAL_STEP = AcceptorServicer._step

@@ -76,11 +76,14 @@ def check_learners(recorder: Recorder, acceptors: int) -> list[str]:
 
 
 def check_proposals(recorder: Recorder, acceptors: int) -> list[str]:
+    """Every answered Propose names the value chosen for its instance, recorded
+    under the acceptors' key (-k for single-decree instance k, k for the
+    log's: ``state_key`` in servers/acceptor.py)."""
     chosen, _ = chosen_values(recorder, acceptors)
     return [
-        f"Propose at instance {instance} answered {value!r}, chosen: {sorted(chosen[instance])}"
-        for instance, value in recorder.proposals
-        if chosen.get(instance) != {value}
+        f"Propose at key {key} answered {value!r}, chosen: {sorted(chosen[key])}"
+        for key, value in recorder.proposals
+        if chosen.get(key) != {value}
     ]
 
 

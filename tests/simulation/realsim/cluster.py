@@ -133,7 +133,7 @@ class Recorder:
     acceptor_word: list[str] = field(default_factory=list)
     monitors: dict[int, AcceptorMonitor] = field(default_factory=dict)
     applied: list[AppliedEntry] = field(default_factory=list)
-    #: (instance, value) of every single-decree Propose answered OK.
+    #: (acceptor key, value) of every single-decree Propose answered OK.
     proposals: list[tuple[int, bytes]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
@@ -249,6 +249,9 @@ class ClusterShape:
     max_resident_instances: int = 30
     #: 0: pages as large as a value may be (the default).
     promise_page_bytes: int = 0
+    #: False: every PromiseRange reports from its first instance, as before
+    #: the bounded phase 1 (range reads from disk, and their races, again).
+    skip_known_chosen: bool = True
     heartbeat_interval: float = 0.1
     election_timeout: float = 0.5
 
@@ -375,6 +378,7 @@ class SimCluster:
             cluster_id="sim",
             max_resident_instances=self.shape.max_resident_instances,
             promise_page_bytes=self.shape.promise_page_bytes,
+            skip_known_chosen=self.shape.skip_known_chosen,
         )
         monitor = self.recorder.monitors.setdefault(
             node.index, AcceptorMonitor(node.index, self.recorder.acceptor_word)

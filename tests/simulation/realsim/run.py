@@ -57,13 +57,15 @@ class RunResult:
 
 def draw(seed: int) -> tuple[ClusterShape, NetFaults, StorageFaults, int]:
     rng = random.Random(f"shape-{seed}")
+    phase1 = random.Random(f"page-{seed}")
     shape = ClusterShape(
         acceptors=rng.choice((3, 3, 5)),
         proposers=rng.choice((1, 2, 2, 3)),
         learners=rng.choice((1, 2, 2)),
         max_resident_instances=rng.choice((2, 4, 8, 30, 20_000)),
-        # Its own stream, so that the other draws of a seed stay as they were.
-        promise_page_bytes=random.Random(f"page-{seed}").choice((0, 0, 100, 400)),
+        # Their own stream, so that the other draws of a seed stay as they were.
+        promise_page_bytes=phase1.choice((0, 0, 100, 400)),
+        skip_known_chosen=phase1.choice((True, False)),
     )
     faults = NetFaults(
         drop_probability=rng.choice((0.0, 0.01, 0.05)),
@@ -99,7 +101,8 @@ def _run_seed(seed: int, max_real_seconds: float) -> RunResult:
         description=(
             f"{shape.acceptors} acceptors, {shape.proposers} proposers, {shape.learners} "
             f"learners, memory window {shape.max_resident_instances}, promise pages "
-            f"{shape.promise_page_bytes or 'full'}, {clients} clients, "
+            f"{shape.promise_page_bytes or 'full'}"
+            f"{'' if shape.skip_known_chosen else ' from the first instance'}, {clients} clients, "
             f"drop {faults.drop_probability}, duplicate {faults.duplicate_probability}, "
             f"fsync failure {storage.commit_failure}, slow storage {storage.slow_probability}"
         ),

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from paxos_service.core import log_entry
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from paxos_testing.linearizability import Operation
@@ -169,8 +170,12 @@ class KvClient:
 
 
 class ProposeClient:
-    """Single-decree proposals (what grpcurl users send) at instances the log
-    is using too, through any proposer, the leader included."""
+    """Single-decree proposals, through any proposer, the leader included, at
+    instance numbers the log uses too. Half are what grpcurl users send, in
+    their own space, so they must never touch the log (check_learners); half
+    are what a learner repairing a hole sends: the no-op, at a log instance
+    (late, evicted instances, read from disk inside an acceptor's step).
+    Every answer must be the value chosen there (check_proposals)."""
 
     def __init__(self, cluster: SimCluster) -> None:
         self.cluster = cluster
@@ -187,15 +192,19 @@ class ProposeClient:
             await asyncio.sleep(self.rng.uniform(0.2, 1.0))
             self.count += 1
             instance = self.rng.randint(1, 40)
-            value = f"p{self.count}".encode()
+            log = self.rng.random() < 0.5
+            value = log_entry.NOOP if log else f"p{self.count}".encode()
+            space = pb.INSTANCE_SPACE_LOG if log else pb.INSTANCE_SPACE_UNSPECIFIED
             stub = self.rng.choice(self.stubs)
             try:
                 reply = await stub.Propose(
-                    pb.ProposeRequest(instance=instance, value=value), timeout=2.0
+                    pb.ProposeRequest(instance=instance, value=value, space=space), timeout=2.0
                 )
             except grpc.aio.AioRpcError:
                 continue
-            self.cluster.recorder.proposals.append((reply.instance, bytes(reply.value)))
+            # Recorded under the acceptors' key: -k for single-decree instance k.
+            key = reply.instance if log else -reply.instance
+            self.cluster.recorder.proposals.append((key, bytes(reply.value)))
 
 
 class Nemesis:
