@@ -31,6 +31,8 @@ _C = TypeVar("_C", bound="_Core")
 _CANCEL_GRACE = 1.0
 #: How long closing waits for the channels to close.
 _CLOSE_TIMEOUT = 2.0
+#: How often a blocked call wakes to let a signal handler run.
+_SIGNAL_POLL = 0.2
 
 
 class LoopThread:
@@ -61,7 +63,7 @@ class LoopThread:
                 raise PaxosError("the client is closed", grpc.StatusCode.CANCELLED)
             future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result()
+            return _wait(future)
         except concurrent.futures.CancelledError:
             raise PaxosError(
                 "the client was closed during the call", grpc.StatusCode.CANCELLED
@@ -116,6 +118,20 @@ class LoopThread:
         if others:
             await asyncio.wait(others, timeout=_CANCEL_GRACE)
         await self._loop.shutdown_asyncgens()
+
+
+def _wait(future: concurrent.futures.Future[_T]) -> _T:
+    """``future.result()``, waking every :data:`_SIGNAL_POLL` seconds. A
+    process-directed signal (``kill -INT``) may be delivered to any thread,
+    gRPC's or the loop's: Python runs its handler in the main thread only when
+    that thread next runs bytecode, and a lock wait with no timeout is not
+    interrupted by a signal another thread took, so the interrupt could wait
+    for the next event of a watch, maybe forever."""
+    while True:
+        try:
+            return future.result(timeout=_SIGNAL_POLL)
+        except concurrent.futures.TimeoutError:
+            continue
 
 
 def blocking_twin(of: Callable[..., Any]) -> Callable[[_F], _F]:
