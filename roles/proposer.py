@@ -22,7 +22,9 @@ call of ``on_timer`` at or after the time of the last :class:`SetTimer`)::
     (new)         start()                          PREPARING    SendToAcceptors(Prepare), SetTimer
     PREPARING     Promise for b, now a majority    ACCEPTING    SendToAcceptors(Accept), SetTimer
     ACCEPTING     Accepted for b, now a majority   CHOSEN       Chosen
-    PREPARING     Reject of b, promised above b    BACKING_OFF  SetTimer (the backoff)
+    PREPARING     Reject of b, promised above b,   BACKING_OFF  SetTimer (the backoff)
+                  or promised b by an acceptor
+                  that has not answered us
     ACCEPTING     Reject of b, promised above b    BACKING_OFF  SetTimer (the backoff)
     PREPARING     timer, before the deadline       BACKING_OFF  SetTimer (the backoff)
     ACCEPTING     timer, before the deadline       BACKING_OFF  SetTimer (the backoff)
@@ -33,8 +35,8 @@ call of ``on_timer`` at or after the time of the last :class:`SetTimer`)::
     PREPARING     Promise for b, no majority yet   PREPARING    none (the promise is counted)
     ACCEPTING     Accepted for b, no majority yet  ACCEPTING    none (the vote is counted)
     any           any other reply (another ballot, unchanged    none
-                  a Reject not above b, a phase's
-                  reply out of phase, a duplicate)
+                  a Reject below b, a phase's reply
+                  out of phase, a duplicate)
     CHOSEN        anything                         unchanged    none
     GAVE_UP       anything                         unchanged    none
 
@@ -231,9 +233,16 @@ class Proposer:
         return [chosen]
 
     def _on_reject(self, msg: Reject, now: float) -> list[Effect]:
-        if msg.promised_ballot <= self.ballot:
-            # A duplicate of our own Prepare was refused; it says nothing new.
+        if msg.promised_ballot < self.ballot:
+            return []  # no correct acceptor sends it
+        if msg.promised_ballot == self.ballot and msg.acceptor_id in self._answered():
+            # A retransmission of ours was refused after its first copy was
+            # answered: it says nothing new.
             return []
+        # Above our ballot, or our very ballot promised without a promise to
+        # us: the log's leader in this process uses the same proposer id, so
+        # its range promise can hold our ballot. Either way only a higher
+        # round can win, and waiting out the phase timeout would cost a second.
         self.highest_round_seen = max(self.highest_round_seen, msg.promised_ballot.round)
         if self.phase is Phase.BACKING_OFF:
             # Already backing off from this ballot: another (or a duplicate)
@@ -248,6 +257,10 @@ class Proposer:
         self.phase = Phase.BACKING_OFF
         cap = min(self.config.backoff_max, self.config.backoff_base * 2 ** min(self.attempts, 30))
         return [self._arm(now + self._rng.uniform(0.0, cap))]
+
+    def _answered(self) -> set[int] | dict[int, Promise]:
+        """The acceptors that answered the current phase for our ballot."""
+        return self._promises if self.phase is Phase.PREPARING else self._accepted_by
 
     def _waiting_for(self) -> str:
         answers = self._promises if self.phase is Phase.PREPARING else self._accepted_by

@@ -345,16 +345,43 @@ def test_reject_while_accepting_backs_off() -> None:
     assert proposer.phase is Phase.BACKING_OFF
 
 
-def test_reject_that_is_not_above_our_ballot_is_ignored() -> None:
+def test_reject_of_our_ballot_after_its_promise_is_ignored() -> None:
     """An acceptor refuses a retransmitted Prepare for the ballot it already
     promised us; the Reject carries our own ballot and means nothing."""
     rng = RecordingRandom()
     proposer = make(rng=rng)
     proposer.start(0.0)
+    proposer.on_message(Promise(INSTANCE, proposer.ballot, 1), 0.05)
     before = snapshot(proposer)
     assert proposer.on_message(Reject(INSTANCE, proposer.ballot, 1, proposer.ballot), 0.1) == []
     assert snapshot(proposer) == before
     assert rng.calls == []
+
+
+def test_reject_of_our_ballot_without_its_promise_is_a_preemption() -> None:
+    """The log's leader in the same process uses the same proposer id, so its
+    range promise can hold exactly our ballot: the acceptor refuses us and we
+    never get its promise. Only a higher round can win; waiting out the phase
+    timeout cost every Propose to the leading proposer a second (issue 14)."""
+    proposer = make()
+    proposer.start(0.0)
+    ballot = proposer.ballot
+    effects = proposer.on_message(Reject(INSTANCE, ballot, 1, ballot), 0.1)
+    assert proposer.phase is Phase.BACKING_OFF
+    (timer,) = effects
+    assert isinstance(timer, SetTimer) and timer.at < 0.1 + proposer.config.phase_timeout
+    effects = proposer.on_timer(timer.at)
+    (prepare,) = [e.message for e in effects if isinstance(e, SendToAcceptors)]
+    assert prepare.ballot > ballot
+
+
+def test_reject_below_our_ballot_is_ignored() -> None:
+    proposer = make()
+    proposer.start(0.0)
+    before = snapshot(proposer)
+    lower = Reject(INSTANCE, proposer.ballot, 1, Ballot(0, 9))
+    assert proposer.on_message(lower, 0.1) == []
+    assert snapshot(proposer) == before
 
 
 def test_duplicate_reject_while_backing_off_is_ignored() -> None:
