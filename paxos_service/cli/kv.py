@@ -8,6 +8,7 @@
     paxos kv range PREFIX [--limit N] [--stale]
     paxos kv watch KEY [--prefix] [--from-revision N] [--count N]
     paxos kv outcome CLIENT_ID SEQUENCE
+    paxos kv compact REVISION
 
 ``--learners`` falls back to ``PAXOS_LEARNERS``; ``--tls-*`` to ``PAXOS_TLS_*``
 (all three or none: a client certificate signed by the cluster CA). Values are taken as given
@@ -146,6 +147,12 @@ def add_parser(
         "--count", type=_integer(1, 1 << 62), default=None, metavar="N", help="exit after N events"
     )
 
+    compact = ops.add_parser(
+        "compact",
+        help="discard watch history through REVISION on every learner (keys and values stay)",
+    )
+    compact.add_argument("revision", metavar="REVISION", type=_integer(1, (1 << 63) - 1))
+
     outcome = ops.add_parser(
         "outcome", help="say whether request (CLIENT_ID, SEQUENCE) was applied"
     )
@@ -245,6 +252,12 @@ def _watch(client: KvClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compact(client: KvClient, args: argparse.Namespace) -> int:
+    revision = client.compact(args.revision)
+    print(f"compacted through revision {args.revision} (store at revision {revision})")
+    return EXIT_OK
+
+
 def _outcome(client: KvClient, args: argparse.Namespace) -> int:
     outcome = client.outcome(args.client_id, args.sequence)
     if outcome is None:
@@ -262,6 +275,7 @@ _OPERATIONS: dict[str, Callable[[KvClient, argparse.Namespace], int]] = {
     "range": _range,
     "watch": _watch,
     "outcome": _outcome,
+    "compact": _compact,
 }
 
 

@@ -25,6 +25,7 @@ from paxos_service.cli.options import (
 from paxos_service.cli.recover import recover_acceptor
 from paxos_service.core import logger
 from paxos_service.core.config import (
+    DEFAULT_KV_RETAIN_REVISIONS,
     DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
     AcceptorConfig,
@@ -155,6 +156,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=env("proposers"),
         help="proposers to append KV commands through (needed with --db) [env PAXOS_PROPOSERS]",
     )
+    learner.add_argument(
+        "--kv-retain-revisions",
+        type=argparse_type(int_at_least(0), "revisions"),
+        default=env("kv_retain_revisions") or DEFAULT_KV_RETAIN_REVISIONS,
+        help="watch history kept: the last N revisions; a watch from before them gets "
+        f"OUT_OF_RANGE with the compact revision (0: keep all; default "
+        f"{DEFAULT_KV_RETAIN_REVISIONS:,}) [env PAXOS_KV_RETAIN_REVISIONS]",
+    )
 
 
 def _add_server_options(parser: argparse.ArgumentParser, default_listen: str) -> None:
@@ -264,6 +273,7 @@ def run(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
                 acceptors=args.acceptors,
                 proposers=args.proposers or [],
                 db_path=args.db,
+                kv_retain_revisions=int(args.kv_retain_revisions),
             ),
             "learner",
             args.log_level,

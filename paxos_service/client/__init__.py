@@ -23,6 +23,7 @@ from paxos_service.client.watch import AsyncWatch, Watch
 from paxos_service.core.config import TlsFiles
 from paxos_service.core.errors import (
     AuthenticationError,
+    CompactedError,
     DeadlineExceededError,
     InvalidArgumentError,
     NotLeaderError,
@@ -37,6 +38,7 @@ __all__ = [
     "AsyncWatch",
     "AuthenticationError",
     "CasResult",
+    "CompactedError",
     "DeadlineExceededError",
     "DeleteResult",
     "GetResult",

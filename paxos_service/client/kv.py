@@ -170,6 +170,19 @@ class AsyncKvClient(AsyncClosing):
 
         return await self._call(call, timeout, request.request_id, writes=True)
 
+    async def compact(self, revision: int, *, timeout: float | None = None) -> int:
+        """Discard watch history through ``revision`` on every learner (keys
+        and values stay); return the store's revision then. A watch from
+        ``revision`` or before then raises :class:`CompactedError`. A revision
+        above the store's is refused with :class:`InvalidArgumentError`."""
+        request = pb.CompactRequest(revision=revision)
+        request.request_id.CopyFrom(self._ids.next())
+
+        async def call(stub: KvServiceAsyncStub, remaining: float) -> int:
+            return int((await stub.Compact(request, timeout=remaining)).revision)
+
+        return await self._call(call, timeout, request.request_id, writes=True)
+
     async def cas(
         self,
         key: str,
@@ -342,6 +355,10 @@ class KvClient(BlockingClient[AsyncKvClient]):
     @blocking_twin(AsyncKvClient.delete)
     def delete(self, key: str, *, timeout: float | None = None) -> DeleteResult:
         return self._loop.run(self._core.delete(key, timeout=timeout))
+
+    @blocking_twin(AsyncKvClient.compact)
+    def compact(self, revision: int, *, timeout: float | None = None) -> int:
+        return self._loop.run(self._core.compact(revision, timeout=timeout))
 
     @blocking_twin(AsyncKvClient.cas)
     def cas(

@@ -22,8 +22,13 @@ from paxos_service.client.kv_call import KvCall
 from paxos_service.client.results import WatchEvent, watch_event
 from paxos_service.client.sync import AsyncClosing, Closing, LoopThread
 from paxos_service.core import clock
-from paxos_service.core.errors import AuthenticationError, PaxosError, UnavailableError
-from paxos_service.transport.metadata import WATCH_RESUME_METADATA
+from paxos_service.core.errors import (
+    AuthenticationError,
+    CompactedError,
+    PaxosError,
+    UnavailableError,
+)
+from paxos_service.transport.metadata import COMPACT_REVISION_METADATA, WATCH_RESUME_METADATA
 from paxos_service.v1 import paxos_pb2 as pb
 
 if TYPE_CHECKING:
@@ -42,10 +47,13 @@ def _watch_failure(exc: grpc.RpcError, address: str, *, tls: bool) -> PaxosError
     cut off a watcher that fell behind, and asks it to watch again) resume
     from the next revision. Anything else (OUT_OF_RANGE when the history is
     compacted, bad input, a refused certificate) is final."""
-    code, _ = status_of(exc)
+    code, details = status_of(exc)
     error = error_from(exc, address, tls=tls)
     if isinstance(error, AuthenticationError):
         raise error from None
+    compacted = trailing(exc, COMPACT_REVISION_METADATA)
+    if code is grpc.StatusCode.OUT_OF_RANGE and compacted is not None and compacted.isdigit():
+        raise CompactedError(f"{address}: {details}", int(compacted)) from None
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return error
     raise error from None

@@ -16,6 +16,9 @@ from typing import TypeVar
 
 #: Default cap on a proposed value, in bytes (configurable per server).
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+#: Watch history a learner keeps by default: bounded, with room for watchers
+#: that reconnect after a while (about 10 MB of events at 100-byte values).
+DEFAULT_KV_RETAIN_REVISIONS = 100_000
 #: Instances are numbered from 1 and stored in signed 64-bit SQLite integers.
 MAX_INSTANCE = 2**63 - 1
 DEFAULT_SHUTDOWN_GRACE = 5.0
@@ -165,3 +168,7 @@ class LearnerConfig(ServerConfig):
     db_path: Path | None = None
     #: Seconds to wait for acceptors when asked about an instance it was not told of.
     read_timeout: float = 2.0
+    #: Watch history the KV replica keeps: the last this many revisions
+    #: (0: all). Older history is deleted; a Watch from there gets
+    #: OUT_OF_RANGE with the compact revision.
+    kv_retain_revisions: int = DEFAULT_KV_RETAIN_REVISIONS

@@ -64,6 +64,21 @@ class OutcomeUnknownError(PaxosError):
         self.sequence = sequence
 
 
+class CompactedError(PaxosError):
+    """A watch asked for history that is gone: every change through
+    ``compact_revision`` was discarded (``--kv-retain-revisions``). Read the
+    current state, then watch from ``compact_revision + 1`` or later."""
+
+    def __init__(
+        self,
+        message: str,
+        compact_revision: int,
+        code: grpc.StatusCode | None = grpc.StatusCode.OUT_OF_RANGE,
+    ) -> None:
+        super().__init__(message, code)
+        self.compact_revision = compact_revision
+
+
 class NotLeaderError(PaxosError):
     """A write was refused before it was given an instance, so it was not
     appended and may be sent again: this proposer does not lead (or, from a

@@ -157,6 +157,9 @@ class Batch:
         self._requests: dict[tuple[int, int], tuple[bytes, bytes] | None] = {}
         self._new_requests: list[dict[str, Any]] = []
         self._new_events: list[dict[str, Any]] = []
+        #: The highest revision a compact command of this batch asked for (0: none);
+        #: the state machine discards the history once the batch is flushed.
+        self.compact_to = 0
 
     # The hot path (every entry) uses plain SQL through the driver: building
     # and compiling SQLAlchemy statements per entry was a third of a learner's
@@ -308,6 +311,8 @@ class Batch:
             return self._get(command.get)
         if which == "range":
             return self._range(command.range)
+        if which == "compact":
+            return self._compact(command.compact)
         return self._error("command has no operation")
 
     def _put(self, op: pb.PutOp) -> pb.CommandResult:
@@ -383,6 +388,18 @@ class Batch:
         self.flush()
         kvs = select_range(self._conn, op.prefix, cap_limit(op.limit))
         return pb.CommandResult(revision=self.revision, kvs=kvs)
+
+    def _compact(self, op: pb.CompactOp) -> pb.CommandResult:
+        """The answer depends on the revisions only, never on how far this
+        replica's own retention has compacted, so every replica gives the same."""
+        if op.revision < 1:
+            return self._error("compact needs a revision >= 1")
+        if op.revision > self.revision:
+            return self._error(
+                f"revision {op.revision} is in the future: the store is at revision {self.revision}"
+            )
+        self.compact_to = max(self.compact_to, op.revision)
+        return pb.CommandResult(revision=self.revision, succeeded=True)
 
     def _error(self, message: str) -> pb.CommandResult:
         return pb.CommandResult(revision=self.revision, error=message)

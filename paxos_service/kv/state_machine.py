@@ -274,6 +274,7 @@ class KvStateMachine:
         if not entries:
             return []
         revision = self._revision
+        compacted = self._compacted_revision
         applied: list[Applied] = []
         with self._transaction() as conn:
             for instance, entry in enumerate(entries, start=first):
@@ -283,15 +284,24 @@ class KvStateMachine:
                 batch.prefetch(commands)
                 results = [batch.apply(command) for command in commands]
                 batch.flush()
+                if batch.compact_to > compacted:
+                    # After the flush: the entry's own events may be covered too.
+                    compacted = batch.compact_to
+                    conn.execute(delete(kv_events).where(kv_events.c.revision <= compacted))
                 revision = batch.revision
                 applied.append(Applied(instance, revision, results, batch.events))
             conn.execute(
                 kv_state.update()
                 .where(kv_state.c.id == 1)
-                .values(applied_instance=applied[-1].instance, revision=revision)
+                .values(
+                    applied_instance=applied[-1].instance,
+                    revision=revision,
+                    compacted_revision=compacted,
+                )
             )
         self._applied_instance = applied[-1].instance
         self._revision = revision
+        self._compacted_revision = compacted
         return applied
 
     def apply(self, command: pb.Command) -> pb.CommandResult:
@@ -303,10 +313,16 @@ class KvStateMachine:
             batch.prefetch([command])
             result = batch.apply(command)
             batch.flush()
+            compacted = max(self._compacted_revision, batch.compact_to)
+            if compacted > self._compacted_revision:
+                conn.execute(delete(kv_events).where(kv_events.c.revision <= compacted))
             conn.execute(
-                kv_state.update().where(kv_state.c.id == 1).values(revision=batch.revision)
+                kv_state.update()
+                .where(kv_state.c.id == 1)
+                .values(revision=batch.revision, compacted_revision=compacted)
             )
         self._revision = batch.revision
+        self._compacted_revision = compacted
         return result
 
     # Local reads (no log: possibly stale) ------------------------------------

@@ -84,8 +84,12 @@ class Replica:
         machine: KvStateMachine,
         acceptors: list[AcceptorPeer],
         executor: Executor,
+        *,
+        retain_revisions: int = 0,
     ) -> None:
         self.machine = machine
+        #: Watch history kept: the last this many revisions (0: all of it).
+        self.retain_revisions = retain_revisions
         self.acceptors = acceptors
         self._executor = executor
         self.applied_instance = machine.applied_instance
@@ -264,8 +268,26 @@ class Replica:
                 self.applied_instance = applied[-1].instance
                 metrics.LEARNER_APPLIED.set(self.applied_instance)
                 metrics.LEARNER_LAG.set(self.lag)
+                await self._compact_history()
                 async with self._applied_changed:
                     self._applied_changed.notify_all()
+
+    async def _compact_history(self) -> None:
+        """Keep the last ``retain_revisions`` revisions of watch history: drop
+        the rest once a tenth more (at least 1) has piled up, so that the
+        delete runs now and then, not after every entry. A local decision:
+        a learner's history serves its own watchers."""
+        keep = self.retain_revisions
+        machine = self.machine
+        if keep <= 0 or machine.revision - machine.compacted_revision < keep + max(1, keep // 10):
+            return
+        started = time.perf_counter()
+        compacted = await self.run(machine.compact, keep)
+        self._logger.info(
+            "compacted watch history",
+            compacted_revision=compacted,
+            seconds=round(time.perf_counter() - started, 4),
+        )
 
     def _deliver(self, entry: pb.LogEntry, applied: Any) -> None:
         for command, result in zip(entry.commands, applied.results, strict=True):

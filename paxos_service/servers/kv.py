@@ -55,6 +55,7 @@ from paxos_service.kv import MAX_SEQUENCE, Compacted, RequestState, is_forgotten
 from paxos_service.node.appender import LogAppender
 from paxos_service.node.replica import Replica, ReplicaFailed
 from paxos_service.transport.metadata import (
+    COMPACT_REVISION_METADATA,
     OUTCOME_METADATA,
     OUTCOME_UNKNOWN,
     WATCH_RESUME_METADATA,
@@ -173,6 +174,15 @@ class KvServicer(pb_grpc.KvServiceServicer):
         result = await self._execute(context, self._command(request.request_id, range=op))
         return pb.RangeResponse(kvs=result.kvs, revision=result.revision)
 
+    async def Compact(
+        self, request: pb.CompactRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CompactResponse:
+        if request.revision < 1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "revision must be >= 1")
+        op = pb.CompactOp(revision=request.revision)
+        result = await self._execute(context, self._command(request.request_id, compact=op))
+        return pb.CompactResponse(revision=result.revision)
+
     async def GetOutcome(
         self, request: pb.GetOutcomeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetOutcomeResponse:
@@ -233,9 +243,12 @@ class KvServicer(pb_grpc.KvServiceServicer):
                         machine.events_since, start, request.key, request.prefix, 500
                     )
                 except Compacted as exc:
+                    context.set_trailing_metadata(((COMPACT_REVISION_METADATA, str(exc.revision)),))
                     await context.abort(
                         grpc.StatusCode.OUT_OF_RANGE,
-                        f"revision {start} is compacted; watch from {exc.revision + 1} or later",
+                        f"revision {start} is compacted (history through revision "
+                        f"{exc.revision} is gone); read the current state and watch from "
+                        f"{exc.revision + 1} or later",
                     )
                 if not events:
                     break

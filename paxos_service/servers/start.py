@@ -167,7 +167,7 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
         loop = asyncio.get_running_loop()
         machine = await loop.run_in_executor(executor, KvStateMachine.open, config.db_path)
         acceptors = connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
-        replica = Replica(machine, acceptors, executor)
+        replica = Replica(machine, acceptors, executor, retain_revisions=config.kv_retain_revisions)
         replica.start()
         appender = LogAppender(config.proposers, config.max_value_bytes, config.tls)
         kv = KvServicer(replica, appender, config.max_value_bytes)

@@ -10,3 +10,6 @@ OUTCOME_UNKNOWN = "outcome unknown"
 OUTCOME_METADATA = "paxos-outcome"
 #: Trailing metadata of a Watch that fell behind: the revision to resume from.
 WATCH_RESUME_METADATA = "paxos-watch-resume-revision"
+#: Trailing metadata of a Watch from a compacted revision (OUT_OF_RANGE): the
+#: revision through which history is gone (etcd's ``compact_revision``).
+COMPACT_REVISION_METADATA = "paxos-compact-revision"

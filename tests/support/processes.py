@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,7 +256,9 @@ class KvCluster:
         return self.cluster.node(old.role, old.node_id, *args, port=port)
 
 
-def start_kv_cluster(cluster: Cluster, *, proposers: int = 3, learners: int = 2) -> KvCluster:
+def start_kv_cluster(
+    cluster: Cluster, *, proposers: int = 3, learners: int = 2, learner_args: Sequence[str] = ()
+) -> KvCluster:
     acceptors = cluster.start_acceptors(3)
     proposer_ports = [free_port() for _ in range(proposers)]
     learner_ports = [free_port() for _ in range(learners)]
@@ -273,6 +275,7 @@ def start_kv_cluster(cluster: Cluster, *, proposers: int = 3, learners: int = 2)
             proposer_list,
             "--db",
             str(cluster.workdir / f"learner-{i}.db"),
+            *learner_args,
             port=port,
         ).start()
         for i, port in enumerate(learner_ports)
