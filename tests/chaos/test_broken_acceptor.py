@@ -57,7 +57,10 @@ from tests.chaos.test_chaos_short import (
 #: ends before the broken acceptors' divergence shows; 60 s of the same
 #: schedule (same seed, more faults) shows it.
 BROKEN_DURATION = "60s"
-BROKEN_ATTEMPTS = 3
+# Each 60 s run shows the divergence in about half the tries (measured on
+# this machine: first, third, never in three), so up to five: all five
+# passing is then the checkers gone blind, not bad luck (about 3 %).
+BROKEN_ATTEMPTS = 5
 
 LOW, HIGH = Ballot(1, 0), Ballot(2, 1)
 #: Promised HIGH, accepted nothing.
@@ -180,12 +183,12 @@ def test_the_flags_are_replayed_and_checked(capsys: pytest.CaptureFixture[str]) 
 # -- the real run (root, network namespaces) --------------------------------------
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_a_run_with_broken_acceptors_fails_and_names_the_check(tmp_path: Path) -> None:
     # Whether a run of this length shows the divergence depends on real
-    # timing: the same schedule finds it in most runs. Up to three runs,
-    # stopping at the first that does; all three passing means the checkers
-    # have gone blind.
+    # timing: the same schedule finds it in about half the runs. Up to five
+    # runs, stopping at the first that does; all five passing means the
+    # checkers have gone blind.
     seed = SEED
     for attempt in range(BROKEN_ATTEMPTS):
         out = tmp_path / f"run-{attempt}"
