@@ -2,4 +2,7 @@
 
 from paxos_service.cli.main import main
 
-raise SystemExit(main())
+# Guarded: a learner's snapshot process (core/runtime.worker_process) is
+# spawned, and spawn imports the parent's main module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

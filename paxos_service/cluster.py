@@ -108,7 +108,16 @@ class LocalCluster:
             self.nodes.append(Node("proposer", i, address, args, logs / f"proposer-{i}.log"))
         for i, address in enumerate(learner_addrs):
             db = data_dir / f"learner-{i}.db"
-            args = ["--acceptors", acceptor_list, "--proposers", proposer_list, "--db", str(db)]
+            args = [
+                "--acceptors",
+                acceptor_list,
+                "--proposers",
+                proposer_list,
+                "--learners",
+                ",".join(learner_addrs),
+                "--db",
+                str(db),
+            ]
             self.nodes.append(Node("learner", i, address, args, logs / f"learner-{i}.log", str(db)))
         for index, node in enumerate(self.nodes):
             node.metrics = f"{host}:{base_port + METRICS_OFFSET + index}"

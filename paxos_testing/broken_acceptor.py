@@ -80,9 +80,14 @@ class PromiseIgnoringAcceptor(Acceptor):
     holds anyone to it, and the range promise's floor is ignored."""
 
     def on_prepare(
-        self, state: AcceptorState, msg: Prepare, floor: Ballot = ZERO_BALLOT
+        self,
+        state: AcceptorState,
+        msg: Prepare,
+        floor: Ballot = ZERO_BALLOT,
+        *,
+        compacted_through: int = 0,
     ) -> AcceptorStep:
-        step = _CORRECT_PREPARE(self, state, msg)  # the floor ignored
+        step = _CORRECT_PREPARE(self, state, msg, compacted_through=compacted_through)  # no floor
         if not isinstance(step.reply, Reject):
             return step
         # Promise a ballot at or below the promised one (nothing to persist:
@@ -93,9 +98,14 @@ class PromiseIgnoringAcceptor(Acceptor):
         return AcceptorStep(state, promise, persist=False)
 
     def on_accept(
-        self, state: AcceptorState, msg: Accept, floor: Ballot = ZERO_BALLOT
+        self,
+        state: AcceptorState,
+        msg: Accept,
+        floor: Ballot = ZERO_BALLOT,
+        *,
+        compacted_through: int = 0,
     ) -> AcceptorStep:
-        step = _CORRECT_ACCEPT(self, state, msg)  # the floor ignored
+        step = _CORRECT_ACCEPT(self, state, msg, compacted_through=compacted_through)  # no floor
         if not isinstance(step.reply, Reject):
             return step
         # Accept below the promise (msg.ballot < promised_ballot, so the state
@@ -111,14 +121,22 @@ class PromiseIgnoringAcceptor(Acceptor):
         msg: PrepareRange,
         *,
         chosen_through: int = 0,
+        compacted_through: int = 0,
         page_bytes: int | None = None,
     ) -> RangeStep:
         step = _CORRECT_PREPARE_RANGE(
-            self, range_promise, states, msg, chosen_through=chosen_through, page_bytes=page_bytes
+            self,
+            range_promise,
+            states,
+            msg,
+            chosen_through=chosen_through,
+            compacted_through=compacted_through,
+            page_bytes=page_bytes,
         )
         if not isinstance(step.reply, Reject):
             return step
         # Promise anyway, everything in one page.
+        chosen_through = max(chosen_through, compacted_through)
         start = report_start(msg, chosen_through)
         accepted = tuple(
             Accepted(instance, state.accepted_ballot, self.acceptor_id, state.accepted_value)

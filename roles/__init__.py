@@ -21,7 +21,7 @@ acceptor that lost its storage is rebuilt from its peers.
 from roles.acceptor import Acceptor, AcceptorState, AcceptorStep, RangePromise, RangeStep
 from roles.ballot import ZERO_BALLOT, Ballot
 from roles.effects import Chosen, SendToAcceptors, SetTimer
-from roles.errors import NotVoting, ProtocolError, SafetyViolation
+from roles.errors import Compacted, NotVoting, ProtocolError, SafetyViolation
 from roles.heartbeat import Heartbeat
 from roles.leader import Leader, Role
 from roles.leader_config import LeaderConfig
@@ -64,6 +64,7 @@ __all__ = [
     "Ballot",
     "BecameLeader",
     "Chosen",
+    "Compacted",
     "Conflict",
     "Decide",
     "Effect",

@@ -71,6 +71,13 @@ Promising only a *strictly* higher ballot also makes ballots safe to reuse
 after a proposer restart: a ballot that already won phase 1 at one majority
 can never win it again at another, because the two majorities intersect.
 
+Compaction (:mod:`roles.compaction`). Below the cluster's compaction point
+T (``Accept.compact_through``; the caller keeps the highest and deletes the
+votes through it) every log instance is chosen and in the learners'
+snapshots. Prepare and Accept there raise :class:`Compacted` carrying T and
+change nothing: no vote there is ever needed again. A PromiseRange never
+reports them either, since T <= the ``chosen_through`` sent with it.
+
 An acceptor rebuilt after losing its storage (see :mod:`roles.recovery`) has
 a ``no_vote_through`` instance M: it never votes again on an instance <= M,
 because its lost self may have voted there. Prepare and Accept for such an
@@ -85,7 +92,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from roles.ballot import ZERO_BALLOT, Ballot
-from roles.errors import NotVoting, ProtocolError
+from roles.errors import Compacted, NotVoting, ProtocolError
 from roles.messages import (
     Accept,
     Accepted,
@@ -169,10 +176,17 @@ class Acceptor:
             )
 
     def on_prepare(
-        self, state: AcceptorState, msg: Prepare, floor: Ballot = ZERO_BALLOT
+        self,
+        state: AcceptorState,
+        msg: Prepare,
+        floor: Ballot = ZERO_BALLOT,
+        *,
+        compacted_through: int = 0,
     ) -> AcceptorStep:
-        """``floor`` is the range promise's ballot for this instance, if any."""
+        """``floor`` is the range promise's ballot for this instance, if any;
+        ``compacted_through`` the compaction point of the instance's space."""
         _check_ballot(msg.ballot, msg.instance)
+        _check_not_compacted(msg.instance, compacted_through)
         self._check_votes_on(msg.instance, "Prepare")
         if msg.ballot > max(state.promised_ballot, floor):
             new = AcceptorState(msg.ballot, state.accepted_ballot, state.accepted_value)
@@ -188,10 +202,17 @@ class Acceptor:
         return AcceptorStep(state, reject, persist=False)
 
     def on_accept(
-        self, state: AcceptorState, msg: Accept, floor: Ballot = ZERO_BALLOT
+        self,
+        state: AcceptorState,
+        msg: Accept,
+        floor: Ballot = ZERO_BALLOT,
+        *,
+        compacted_through: int = 0,
     ) -> AcceptorStep:
-        """``floor`` is the range promise's ballot for this instance, if any."""
+        """``floor`` is the range promise's ballot for this instance, if any;
+        ``compacted_through`` the compaction point of the instance's space."""
         _check_ballot(msg.ballot, msg.instance)
+        _check_not_compacted(msg.instance, compacted_through)
         self._check_votes_on(msg.instance, "Accept")
         if msg.ballot < max(state.promised_ballot, floor):
             reject = self._reject(msg.instance, msg.ballot, state, floor)
@@ -213,6 +234,7 @@ class Acceptor:
         msg: PrepareRange,
         *,
         chosen_through: int = 0,
+        compacted_through: int = 0,
         page_bytes: int | None = None,
     ) -> RangeStep:
         """Promise ``msg.ballot`` for every instance >= ``msg.from_instance``,
@@ -220,12 +242,16 @@ class Acceptor:
 
         ``states`` must hold every instance from :func:`report_start` on that
         has state (others are fresh); ``chosen_through`` is the highest
-        ``Accept.chosen_through`` this acceptor heard. The ballot must beat
+        ``Accept.chosen_through`` this acceptor heard (or 0, to report the
+        chosen too), ``compacted_through`` its compaction point: what is
+        compacted is never reported (its votes may be half deleted) and the
+        promise says it is chosen, whatever ``chosen_through``. The ballot must beat
         (for a page: match) the range promise and every one of those
         instances' own promises.
         """
         _check_ballot(msg.ballot, msg.from_instance)
         self._check_votes_on(msg.from_instance, "PrepareRange")
+        chosen_through = max(chosen_through, compacted_through)
         if msg.page_from and (
             msg.page_from < msg.from_instance or range_promise.ballot < msg.ballot
         ):
@@ -296,6 +322,11 @@ def _page(
             return tuple(entries), instance
         entries.append(Accepted(instance, state.accepted_ballot, acceptor_id, state.accepted_value))
     return tuple(entries), 0
+
+
+def _check_not_compacted(instance: int, compacted_through: int) -> None:
+    if instance <= compacted_through:
+        raise Compacted(instance, compacted_through)
 
 
 def _check_ballot(ballot: Ballot, instance: int) -> None:

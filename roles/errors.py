@@ -22,3 +22,19 @@ class NotVoting(Exception):
 
     Like a ProtocolError, raising it leaves the acceptor's state unchanged.
     """
+
+
+class Compacted(Exception):
+    """The log instance lies at or below the acceptor's compaction point: it
+    is chosen, its value lives in the learners' snapshots, and the acceptor's
+    votes there are deleted (see :mod:`roles.compaction`). The sender needs no
+    vote there: a proposer has nothing left to do, a learner installs a
+    snapshot. Raising it leaves the acceptor's state unchanged."""
+
+    def __init__(self, instance: int, compacted_through: int) -> None:
+        super().__init__(
+            f"log instance {instance} is compacted: every instance <= {compacted_through} "
+            "is chosen and held in the learners' snapshots"
+        )
+        self.instance = instance
+        self.compacted_through = compacted_through

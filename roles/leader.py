@@ -58,6 +58,10 @@ or a heartbeat reply whose highest ballot, is above our own::
     LEADER     campaign(), on_learned()               LEADER     none
     not LEADER submit() / submit_many()               unchanged  Rejected (hint: the leader known)
     not LEADER on_learned()                           unchanged  none (chosen_through may advance)
+    LEADER     on_compacted(T): an acceptor compacted LEADER     phase 2 stops at or below T;
+               the log through T                                 OutcomeUnknown for commands there
+    not LEADER on_compacted(T)                        unchanged  none (chosen_through >= T)
+    any        on_snapshot_indexes()                  unchanged  none: T rises, sent with Accepts
     any        invalid Heartbeat                      unchanged  AnswerHeartbeat (our highest)
     any        on_timer before the timer              unchanged  SetTimer (the same time again)
     any        a stale, duplicate or not-yet-majority unchanged  none
@@ -74,8 +78,10 @@ Interface (the gRPC driver follows it): the inputs of the table, each taking
 the driver's handle), ``submit_many`` commands that arrived together, which
 share instances; ``on_reject`` the Reject of a PrepareRange (instance =
 from_instance) or of an Accept; ``on_leader_contact`` an acceptor's answer to
-AskLeaderContact(seq); ``on_learned`` an instance a learner reported chosen.
-Observable: ``role``, ``ballot``, ``leader_id``, ``chosen_through``,
+AskLeaderContact(seq); ``on_learned`` an instance a learner reported chosen;
+``on_snapshot_indexes`` the learners' snapshot indexes (the compaction point,
+:mod:`roles.compaction`); ``on_compacted`` an acceptor's refusal below its T.
+Observable: ``role``, ``ballot``, ``leader_id``, ``chosen_through``, ``compact_through``,
 ``next_instance``, ``highest_ballot_seen``, ``in_flight``, ``queued``.
 
 What the driver must do:
@@ -108,6 +114,7 @@ from collections.abc import Callable, Sequence
 from roles.ballot import ZERO_BALLOT, Ballot
 from roles.campaign import Campaign, check_promise_range
 from roles.chosen_prefix import ChosenPrefix
+from roles.compaction import advance, compaction_point
 from roles.effects import NEVER, Chosen, SendToAcceptors, SetTimer
 from roles.election import Election
 from roles.errors import ProtocolError
@@ -171,6 +178,7 @@ class Leader:
         self._max_round = min_round  # of every ballot seen or issued
         self._leader_id: int | None = None
         self._chosen = ChosenPrefix(chosen_through)  # notes `window` at most above a gap
+        self._compact_through = 0  # the compaction point T (roles/compaction.py)
         # FOLLOWER.
         self._election = Election()
         # CANDIDATE.
@@ -199,6 +207,11 @@ class Leader:
     def chosen_through(self) -> int:
         """The highest n such that every instance <= n is known to be chosen."""
         return self._chosen.through
+
+    @property
+    def compact_through(self) -> int:
+        """The compaction point T this proposer sends with its Accepts."""
+        return self._compact_through
 
     @property
     def next_instance(self) -> int:
@@ -328,6 +341,30 @@ class Leader:
         )
         return [chosen, *self._fill_pipeline(now), *self._rearm()]
 
+    def on_snapshot_indexes(self, indexes: Sequence[int], learners: int) -> None:
+        """The learners' snapshot indexes (one per learner that reported, of
+        ``learners``): raise T as :func:`roles.compaction.compaction_point`
+        allows. Sent with the next Accepts; nothing to do now."""
+        point = compaction_point(indexes, learners, self._chosen.through)
+        self._compact_through = advance(self._compact_through, point)
+
+    def on_compacted(self, acceptor_id: int, through: int, now: float) -> list[LeaderEffect]:
+        """An acceptor refused a vote because it compacted the log through
+        ``through``: every instance there is chosen, and its value lives in
+        the learners' snapshots. Stop proposing there and move on."""
+        self._check_acceptor(acceptor_id)
+        if through < 0:
+            raise ProtocolError(f"compaction point {through} < 0")
+        self._chosen.advance(through)
+        self._compact_through = advance(self._compact_through, through)
+        if self._role is not Role.LEADER:
+            return []
+        effects: list[LeaderEffect] = []
+        unknown = self._pipeline.forget_through(through)
+        if unknown:
+            effects.append(OutcomeUnknown(unknown, f"instances <= {through} were compacted"))
+        return effects + self._fill_pipeline(now) + self._rearm()
+
     def on_reject(self, msg: Reject, now: float) -> list[LeaderEffect]:
         self._check_acceptor(msg.acceptor_id)
         _check_ballot(msg.ballot)
@@ -428,7 +465,9 @@ class Leader:
         ]
 
     def _fill_pipeline(self, now: float) -> list[LeaderEffect]:
-        return self._pipeline.fill(now, self._ballot, self._chosen.through, self._encode_batch)
+        return self._pipeline.fill(
+            now, self._ballot, self._chosen.through, self._encode_batch, self._compact_through
+        )
 
     def _leader_timer(self, now: float) -> list[LeaderEffect]:
         stuck = self._pipeline.stuck(now)
@@ -439,7 +478,7 @@ class Leader:
             )
             return self._step_down(now, None, reason)
         effects = self._pipeline.retransmit(
-            now, self._ballot, self.acceptor_ids, self._chosen.through
+            now, self._ballot, self.acceptor_ids, self._chosen.through, self._compact_through
         )
         if now >= self._heartbeat_at:
             self._heartbeat_at = now + self.config.heartbeat_interval

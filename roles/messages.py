@@ -44,6 +44,11 @@ class Accept:
     ballot: Ballot
     value: bytes
     chosen_through: int = 0
+    #: The cluster's compaction point T, not part of the vote either: every
+    #: instance <= T is chosen and in a majority of learners' durable
+    #: snapshots (:mod:`roles.compaction`), so the acceptor may delete its
+    #: votes there and refuses to vote there again.
+    compact_through: int = 0
 
 
 @dataclass(frozen=True, slots=True)

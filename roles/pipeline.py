@@ -78,6 +78,7 @@ class Pipeline:
         ballot: Ballot,
         chosen_through: int,
         encode_batch: Callable[[Sequence[bytes]], bytes],
+        compact_through: int = 0,
     ) -> list[LeaderEffect]:
         """Start phase 2 for as many instances as the window allows: first the
         recovered ones (adopted values, no-ops in the holes), then new commands."""
@@ -97,7 +98,8 @@ class Pipeline:
             self.next_slot += 1
             deadline = now + self.config.phase_timeout
             self.in_flight[instance] = InFlight(value, tokens, set(), deadline)
-            effects.append(SendToAcceptors(Accept(instance, ballot, value, chosen_through)))
+            accept = Accept(instance, ballot, value, chosen_through, compact_through)
+            effects.append(SendToAcceptors(accept))
         return effects
 
     def on_accepted(self, msg: Accepted, acceptor_ids: frozenset[int]) -> InFlight | None:
@@ -128,7 +130,12 @@ class Pipeline:
         return None
 
     def retransmit(
-        self, now: float, ballot: Ballot, acceptor_ids: frozenset[int], chosen_through: int
+        self,
+        now: float,
+        ballot: Ballot,
+        acceptor_ids: frozenset[int],
+        chosen_through: int,
+        compact_through: int = 0,
     ) -> list[LeaderEffect]:
         """Send every instance past its deadline again, to the acceptors that
         have not answered, and give it another ``phase_timeout``."""
@@ -138,12 +145,24 @@ class Pipeline:
             entry.retransmits += 1
             entry.deadline = now + self.config.phase_timeout
             missing = acceptor_ids - entry.accepted_by
-            accept = Accept(instance, ballot, entry.value, chosen_through)
+            accept = Accept(instance, ballot, entry.value, chosen_through, compact_through)
             effects.append(SendToAcceptors(accept, missing))
         return effects
 
     def next_deadline(self) -> float:
         return min((entry.deadline for entry in self.in_flight.values()), default=NEVER)
+
+    def forget_through(self, through: int) -> tuple[int, ...]:
+        """Every instance <= ``through`` is chosen with a value this leader
+        cannot see (an acceptor compacted it): stop proposing there. Returns
+        the tokens of the commands in flight there, whose outcome is unknown
+        (none, in practice: commands go only above every compacted instance)."""
+        gone = sorted(i for i in self.in_flight if i <= through)
+        tokens = tuple(t for i in gone for t in self.in_flight.pop(i).tokens)
+        self.tokens.difference_update(tokens)
+        self.recovered = {i: v for i, v in self.recovered.items() if i > through}
+        self.next_slot = max(self.next_slot, through + 1)
+        return tokens
 
     def drain(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Drop everything (leadership ends). Returns the tokens that were

@@ -57,3 +57,22 @@ def tree_bytes(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.stat(os.path.join(root, name)).st_size
     return total
+
+
+def node_bytes(data_dir: Path) -> dict[str, int]:
+    """Bytes on disk per node under a cluster's data directory: a directory
+    is one node (etcd's members), and files are grouped by the name before
+    ``.db`` (``acceptor-0.db``, its WAL, ``learner-0.db.snapshot``, ...)."""
+    out: dict[str, int] = {}
+    try:
+        entries = sorted(data_dir.iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.is_dir():
+            if entry.name != "logs":
+                out[entry.name] = tree_bytes(entry)
+        elif ".db" in entry.name:
+            name = entry.name.split(".db", 1)[0]
+            out[name] = out.get(name, 0) + tree_bytes(entry)
+    return out

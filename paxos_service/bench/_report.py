@@ -42,6 +42,8 @@ class RunRecord:
     completed: int = 0
     #: (seconds since the run started, RSS bytes per server process).
     rss_timeline: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    #: Bytes on disk per node, every few seconds of the run (bench/_proc.node_bytes).
+    disk_timeline: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     @property
     def commands_per_instance(self) -> float | None:
@@ -79,6 +81,7 @@ class RunRecord:
             "log_instances": self.log_instances,
             "commands_per_instance": _round(self.commands_per_instance),
             "rss_timeline": [[t, rss] for t, rss in self.rss_timeline],
+            "disk_timeline": [[t, disk] for t, disk in self.disk_timeline],
         }
 
 
@@ -278,6 +281,19 @@ class Report:
                 f"{disk.get('after', 0) / MIB:>8.1f} MiB  +{growth / MIB:.1f} MiB "
                 f"({puts} puts, {gets} gets: {per_put}, {per_minute})"
             )
+        for run in self.runs:
+            if len(run.disk_timeline) < 4:
+                continue
+            nodes = sorted({name for _, sample in run.disk_timeline for name in sample})
+            cells = []
+            for name in nodes:
+                values = [sample.get(name, 0) / MIB for _, sample in run.disk_timeline]
+                cells.append(f"{name} {values[0]:.1f}->{values[-1]:.1f} (max {max(values):.1f})")
+            span = run.disk_timeline[-1][0] - run.disk_timeline[0][0]
+            out.append(
+                f"{run.target} {run.op} c={run.level}, MiB per node over {span:.0f} s: "
+                + ", ".join(cells)
+            )
         return out
 
     def _text_errors(self) -> list[str]:
@@ -342,7 +358,32 @@ class Report:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
+        self._plot_disk(plt, path.with_name(path.stem + "-disk.png"))
         return None
+
+    def _plot_disk(self, plt: Any, path: Path) -> None:
+        """Disk bytes per node over each run that lasted long enough to show
+        a trend (at least four samples): flat when compaction keeps up."""
+        runs = [r for r in self.runs if len(r.disk_timeline) >= 4]
+        if not runs:
+            return
+        fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.2), squeeze=False)
+        for ax, run in zip(axes[0], runs, strict=True):
+            nodes = sorted({name for _, sample in run.disk_timeline for name in sample})
+            for name in nodes:
+                ax.plot(
+                    [t for t, _ in run.disk_timeline],
+                    [sample.get(name, 0) / MIB for _, sample in run.disk_timeline],
+                    label=name,
+                )
+            ax.set_xlabel("seconds into the run")
+            ax.set_ylabel("MiB on disk")
+            ax.set_title(f"{run.target} {run.op} c={run.level}: disk per node")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
 
 
 def _text_profile(run: RunRecord, name: str, profile: dict[str, Any]) -> list[str]:

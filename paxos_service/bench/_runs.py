@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from paxos_service.bench import _profile
+from paxos_service.bench import _proc, _profile
 from paxos_service.bench._errors import BenchError
 from paxos_service.bench._loadgen import RunSpec, WorkerResult
 from paxos_service.bench._progress import Progress, bar
@@ -122,6 +122,7 @@ class Runs:
         rate = 0.0
         next_rss = 0.0
         rss_timeline: list[tuple[float, dict[str, int]]] = []
+        disk_timeline: list[tuple[float, dict[str, int]]] = []
         while cpu_after is None:
             now = time.monotonic()
             if cpu_before is None and now >= window_start:
@@ -135,6 +136,9 @@ class Runs:
                 update_peak(rss_peak, rss_now)
                 if not rss_timeline or now - start_at - rss_timeline[-1][0] >= RSS_EVERY:
                     rss_timeline.append((round(now - start_at, 1), rss_now))
+                    disk_timeline.append(
+                        (round(now - start_at, 1), _proc.node_bytes(system.data_dir))
+                    )
                 next_rss = now + 1.0
             for worker in workers:
                 if not worker.process.is_alive():
@@ -187,6 +191,7 @@ class Runs:
             log_instances=instances,
             completed=completed,
             rss_timeline=rss_timeline,
+            disk_timeline=disk_timeline,
         )
         system.completed[op] = system.completed.get(op, 0) + completed
         lat = record.latency

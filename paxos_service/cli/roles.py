@@ -27,6 +27,8 @@ from paxos_service.core import logger
 from paxos_service.core.config import (
     DEFAULT_KV_RETAIN_REVISIONS,
     DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_QUOTA_BYTES,
+    DEFAULT_RETAIN_LOG_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
     AcceptorConfig,
     ConfigError,
@@ -164,6 +166,30 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         f"OUT_OF_RANGE with the compact revision (0: keep all; default "
         f"{DEFAULT_KV_RETAIN_REVISIONS:,}) [env PAXOS_KV_RETAIN_REVISIONS]",
     )
+    learner.add_argument(
+        "--learners",
+        type=argparse_type(parse_address_list, "addresses"),
+        default=env("learners"),
+        help="every learner in id order, this one included: where a new, wiped or lagging "
+        "learner fetches a snapshot once the acceptors have compacted the log it needs "
+        "[env PAXOS_LEARNERS]",
+    )
+    learner.add_argument(
+        "--retain-log-bytes",
+        type=argparse_type(int_at_least(1), "bytes"),
+        default=env("retain_log_bytes") or DEFAULT_RETAIN_LOG_BYTES,
+        help="take a snapshot once this many bytes of log were applied since the last one; "
+        "the acceptors keep about this much log above the compaction point (default "
+        f"{DEFAULT_RETAIN_LOG_BYTES // (1024 * 1024)} MiB) [env PAXOS_RETAIN_LOG_BYTES]",
+    )
+    learner.add_argument(
+        "--quota-bytes",
+        type=argparse_type(int_at_least(0), "bytes"),
+        default=env("quota_bytes") or DEFAULT_QUOTA_BYTES,
+        help="refuse puts and compare-and-swaps with RESOURCE_EXHAUSTED while the store "
+        "data takes more than this; reads, deletes and compaction go on "
+        f"(0: no quota; default {DEFAULT_QUOTA_BYTES // (1024**3)} GiB) [env PAXOS_QUOTA_BYTES]",
+    )
 
 
 def _add_server_options(parser: argparse.ArgumentParser, default_listen: str) -> None:
@@ -274,6 +300,9 @@ def run(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
                 proposers=args.proposers or [],
                 db_path=args.db,
                 kv_retain_revisions=int(args.kv_retain_revisions),
+                learners=args.learners or [],
+                retain_log_bytes=int(args.retain_log_bytes),
+                quota_bytes=int(args.quota_bytes),
             ),
             "learner",
             args.log_level,

@@ -174,6 +174,8 @@ def _log_cell(report: NodeReport) -> str:
             )
         if a.no_vote_through:
             cell += f" no-vote<={a.no_vote_through}"
+        if a.compacted_through:
+            cell += f" compacted<={a.compacted_through}"
         return cell
     if s.HasField("proposer"):
         p = s.proposer
@@ -182,13 +184,61 @@ def _log_cell(report: NodeReport) -> str:
         cell = f"chosen<={p.chosen_through} next={p.next_instance}"
         if p.ballot.round:  # a proposer that never campaigned has no ballot
             cell += f" ballot={p.ballot.round}.{p.ballot.proposer_id}"
+        if p.compact_through:
+            cell += f" compact<={p.compact_through}"
         return cell
     if s.HasField("learner"):
         lr = s.learner
         if not lr.kv_enabled:
             return f"decisions={lr.decisions_known}"
-        return f"applied={lr.applied_instance} decided<={lr.highest_decided_instance}"
+        cell = f"applied={lr.applied_instance} decided<={lr.highest_decided_instance}"
+        if lr.snapshot_index:
+            cell += f" snapshot<={lr.snapshot_index}"
+        return cell
     return "-"
+
+
+def _disk_cell(report: NodeReport) -> str:
+    s = report.status
+    if s is None:
+        return "-"
+    if s.HasField("acceptor"):
+        return human_bytes(s.acceptor.disk_bytes)
+    if s.HasField("learner") and s.learner.kv_enabled:
+        return human_bytes(s.learner.disk_bytes)
+    return "-"
+
+
+def human_bytes(count: int) -> str:
+    """``count`` bytes for a person: 512 B, 3.2 KiB, 41.0 MiB, ..."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def compaction_summary(reports: Sequence[NodeReport]) -> str:
+    """One line on the compaction point: where the acceptors stand, and the
+    learners' snapshots that cover the log below it."""
+    points = [
+        r.status.acceptor.compacted_through
+        for r in reports
+        if r.status is not None and r.status.HasField("acceptor")
+    ]
+    snapshots = [
+        f"learner {r.node_id} {r.status.learner.snapshot_index}"
+        for r in reports
+        if r.status is not None and r.status.HasField("learner") and r.status.learner.kv_enabled
+    ]
+    if not any(points):
+        return "compaction: none yet (the acceptors hold the whole log)"
+    return (
+        f"compaction: the acceptors dropped the log through instance {min(points)}"
+        f"{'' if min(points) == max(points) else f'-{max(points)}'}; snapshots: "
+        + (", ".join(snapshots) or "none reported")
+    )
 
 
 def _leader_cell(report: NodeReport) -> str:
@@ -226,7 +276,7 @@ def _health_cell(report: NodeReport) -> str:
 
 def render_table(reports: Sequence[NodeReport]) -> str:
     leader = find_leader(reports)
-    header = ("ROLE", "ID", "ADDRESS", "HEALTH", "LEADER", "LOG", "LAG")
+    header = ("ROLE", "ID", "ADDRESS", "HEALTH", "LEADER", "LOG", "LAG", "DISK")
     rows = []
     for r in reports:
         lag = learner_lag(r, leader)
@@ -239,6 +289,7 @@ def render_table(reports: Sequence[NodeReport]) -> str:
                 _leader_cell(r),
                 _log_cell(r),
                 "-" if lag is None else str(lag),
+                _disk_cell(r),
             )
         )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
@@ -248,6 +299,7 @@ def render_table(reports: Sequence[NodeReport]) -> str:
     ]
     lines.append("")
     lines.append(f"leader: {leader.text}")
+    lines.append(compaction_summary(reports))
     # Reasons too long for the table, once each (a cluster-wide TLS mistake
     # makes every node down for the same reason).
     notes: dict[str, list[str]] = {}

@@ -19,6 +19,12 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 #: Watch history a learner keeps by default: bounded, with room for watchers
 #: that reconnect after a while (about 10 MB of events at 100-byte values).
 DEFAULT_KV_RETAIN_REVISIONS = 100_000
+#: Log a learner applies between two snapshots by default: the acceptors keep
+#: about this much log above the compaction point (roles/compaction.py).
+DEFAULT_RETAIN_LOG_BYTES = 64 * 1024 * 1024
+#: A learner refuses writes that add data once its store's data takes
+#: this much disk (etcd's default quota); 0: no quota.
+DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024
 #: Instances are numbered from 1 and stored in signed 64-bit SQLite integers.
 MAX_INSTANCE = 2**63 - 1
 DEFAULT_SHUTDOWN_GRACE = 5.0
@@ -172,3 +178,11 @@ class LearnerConfig(ServerConfig):
     #: (0: all). Older history is deleted; a Watch from there gets
     #: OUT_OF_RANGE with the compact revision.
     kv_retain_revisions: int = DEFAULT_KV_RETAIN_REVISIONS
+    #: Every learner's address in id order (this one included): where this
+    #: one fetches a snapshot when the acceptors compacted what it needs.
+    learners: list[str] = field(default_factory=list)
+    #: Take a snapshot once this many bytes of log were applied since the last.
+    retain_log_bytes: int = DEFAULT_RETAIN_LOG_BYTES
+    #: Puts and compare-and-swaps get RESOURCE_EXHAUSTED while the store's data
+    #: (its pages in use) take more than this (0: no quota).
+    quota_bytes: int = DEFAULT_QUOTA_BYTES

@@ -342,3 +342,62 @@ KV_APPEND_BATCH = _metric(
     "Commands per Append call this learner sent to the leader (client commands grouped).",
     buckets=_COUNT_BUCKETS,
 )
+
+# Compaction: snapshots, the compaction point, truncation, space on disk.
+DISK_BYTES = _metric(
+    Gauge,
+    "paxos_disk_bytes",
+    "Bytes this node's storage takes on disk (database and WAL; a learner's snapshot too).",
+)
+LEADER_COMPACT_THROUGH = _metric(
+    Gauge,
+    "paxos_leader_compact_through",
+    "The compaction point T this proposer sends with its Accepts: every log instance <= T "
+    "is in a majority of learners' snapshots.",
+)
+ACCEPTOR_COMPACTED_THROUGH = _metric(
+    Gauge,
+    "paxos_acceptor_compacted_through",
+    "Votes for log instances <= this are deleted (or being deleted) on this acceptor.",
+)
+ACCEPTOR_TRUNCATED = _metric(
+    Counter,
+    "paxos_acceptor_truncated_instances_total",
+    "Log instances whose votes this acceptor deleted below the compaction point.",
+)
+SNAPSHOT_INDEX = _metric(
+    Gauge,
+    "paxos_learner_snapshot_index",
+    "Every log instance <= this is in this learner's latest durable snapshot.",
+)
+SNAPSHOT_BYTES = _metric(
+    Gauge, "paxos_learner_snapshot_bytes", "Size of this learner's latest snapshot."
+)
+SNAPSHOT_SECONDS = _metric(
+    Histogram,
+    "paxos_learner_snapshot_seconds",
+    "Time to take and write one snapshot (off the apply path).",
+    buckets=_LATENCY_BUCKETS,
+)
+SNAPSHOT_INSTALLS = _metric(
+    Counter,
+    "paxos_learner_snapshot_installs_total",
+    "Snapshots this learner fetched from a peer and installed (new, wiped or behind the "
+    "compaction point).",
+)
+SNAPSHOT_TRANSFER_BYTES = _metric(
+    Counter,
+    "paxos_learner_snapshot_transfer_bytes_total",
+    "Snapshot bytes this learner received from peers.",
+)
+QUOTA_BYTES = _metric(
+    Gauge,
+    "paxos_quota_bytes",
+    "The disk quota of this learner's store and snapshot (0: none).",
+)
+QUOTA_EXCEEDED = _metric(
+    Gauge,
+    "paxos_quota_exceeded",
+    "1 while this learner is over its disk quota and refuses puts and compare-and-swaps "
+    "(RESOURCE_EXHAUSTED); reads, deletes and compaction go on. Alert on it.",
+)

@@ -13,10 +13,15 @@ network, a simulated storage thread and virtual time.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import ctypes
+import multiprocessing
+import os
 import random
+import signal
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Protocol
 
 
@@ -69,6 +74,36 @@ def storage_executor(name: str) -> Executor:
     if runtime is not None:
         return runtime.storage_executor(name)
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+
+def worker_process(name: str) -> Executor:
+    """A process of its own, for CPU-heavy work such as a learner's snapshot:
+    in a thread it would hold the GIL in long stretches and stall the event
+    loop and the storage thread (measured: 0.6 s pauses of the apply path).
+    Spawned, not forked: forking a process that runs gRPC's threads is
+    unsafe. The simulation runs such work on a simulated storage thread."""
+    runtime = current()
+    if runtime is not None:
+        return runtime.storage_executor(name)
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the worker process: end when the server ends, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG), instead of living on as an orphan."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def rng() -> random.Random:

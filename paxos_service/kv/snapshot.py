@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import zlib
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +29,8 @@ from sqlalchemy import (
 
 from paxos_service.kv import store
 from paxos_service.kv.commands import utf8_error
-from paxos_service.kv.store import Limits, kv, kv_clients, kv_events, kv_requests
+from paxos_service.kv.store import Limits, kv, kv_clients, kv_events, kv_requests, kv_state
+from paxos_service.storage.sqlite_setup import reader_engine
 
 _MAGIC = b"paxos-kv-snapshot/1\n"
 _FORMAT = "paxos-kv-snapshot"
@@ -55,7 +57,12 @@ def encode_snapshot(
     tables: dict[str, list[list[Any]]], limits: Limits, position: store.State
 ) -> bytes:
     """The snapshot bytes of ``tables`` (from :func:`read_tables`) at ``position``.
-    Deterministic: the same rows and position give the same bytes."""
+    Deterministic: the same rows and position give the same bytes.
+
+    The text is exactly ``json.dumps(document, separators=(",", ":"),
+    sort_keys=True)``, but encoded and compressed a few hundred rows at a
+    time: one ``json.dumps`` of a large store holds the GIL for as long as it
+    runs, which would stop the learner's event loop and apply thread."""
     document = {
         "format": _FORMAT,
         "schema_version": store.SCHEMA_VERSION,
@@ -64,10 +71,45 @@ def encode_snapshot(
         "applied_instance": position.applied_instance,
         "revision": position.revision,
         "compacted_revision": position.compacted_revision,
-        "tables": tables,
     }
-    text = json.dumps(document, separators=(",", ":"), sort_keys=True)
-    return _MAGIC + zlib.compress(text.encode("ascii"))
+    head = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    # "tables" sorts after every other key: it goes last, as sort_keys puts it.
+    compressor = zlib.compressobj()
+    out = [_MAGIC, compressor.compress(head[:-1].encode("ascii") + b',"tables":{')]
+    for index, name in enumerate(sorted(tables)):
+        opening = ("," if index else "") + json.dumps(name) + ":["
+        out.append(compressor.compress(opening.encode("ascii")))
+        rows = tables[name]
+        for start in range(0, len(rows), _ROWS_PER_PIECE):
+            piece = json.dumps(rows[start : start + _ROWS_PER_PIECE], separators=(",", ":"))
+            text = ("," if start else "") + piece[1:-1]
+            out.append(compressor.compress(text.encode("ascii")))
+        out.append(compressor.compress(b"]"))
+    out.append(compressor.compress(b"}}"))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+#: Rows encoded per ``json.dumps`` call when writing a snapshot.
+_ROWS_PER_PIECE = 256
+
+
+def snapshot_of_file(path: Path, limits: Limits) -> tuple[bytes, int]:
+    """The snapshot of the store in ``path`` and its applied instance, read
+    over a connection of its own in one read transaction: in WAL mode the
+    applying thread goes on committing meanwhile, and the snapshot is the
+    state of one moment, its position included."""
+    engine = reader_engine(path)
+    try:
+        with engine.connect() as conn, conn.begin():
+            tables = read_tables(conn)
+            row = conn.execute(select(kv_state)).one()
+    finally:
+        engine.dispose()
+    position = store.State(
+        int(row.applied_instance), int(row.revision), int(row.compacted_revision)
+    )
+    return encode_snapshot(tables, limits, position), position.applied_instance
 
 
 def write_tables(conn: Connection, rows: dict[str, list[Any]]) -> None:

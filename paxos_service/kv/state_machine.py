@@ -115,6 +115,7 @@ from paxos_service.kv.store import (
 )
 from paxos_service.storage.contract import StorageError
 from paxos_service.storage.sqlite_setup import error_reason as _reason
+from paxos_service.storage.sqlite_setup import reclaim_space
 from paxos_service.v1 import paxos_pb2 as pb
 
 DEDUP_WINDOW = 1000
@@ -432,6 +433,25 @@ class KvStateMachine:
             )
         self._compacted_revision = target
         return target
+
+    def reclaim(self) -> int:
+        """Hand free pages (left by compaction) back to the file system, a
+        bounded number per call; return how many are still free."""
+        conn = self._usable()
+        try:
+            return reclaim_space(conn)
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{self.path}: {_reason(exc)}") from exc
+
+    def used_bytes(self) -> int:
+        """Bytes the store's data takes: its pages in use, wherever they are
+        (file or WAL), free pages not counted. What the space quota measures."""
+        raw = self._usable().connection.driver_connection
+        assert raw is not None
+        pages = raw.execute("PRAGMA page_count").fetchone()[0]
+        free = raw.execute("PRAGMA freelist_count").fetchone()[0]
+        size = raw.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
 
     # Snapshots ------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from paxos_service.storage.contract import StorageCorrupt, StorageError
-from paxos_service.storage.sqlite_setup import durable_engine
+from paxos_service.storage.sqlite_setup import durable_engine, ensure_incremental_vacuum
 from paxos_service.storage.sqlite_setup import error_reason as _reason
 
 SCHEMA_VERSION = "1"
@@ -223,6 +223,7 @@ def open_existing(path: Path, limits: Limits) -> tuple[Engine, Connection, State
     try:
         conn = engine.connect()
         state = _check(conn, path, limits)
+        ensure_incremental_vacuum(conn)
     except BaseException as exc:
         if conn is not None:
             with contextlib.suppress(SQLAlchemyError, sqlite3.Error):

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from paxos_service.client.grpc_status import trailing
 from paxos_service.core import clock as clocks
 from paxos_service.core import log_entry, metrics, runtime
 from paxos_service.core.config import ConfigError, ProposerConfig
@@ -29,6 +30,7 @@ from paxos_service.core.errors import NotLeaderError, OutcomeUnknownError
 from paxos_service.core.logger import get_logger
 from paxos_service.transport import tls, wire
 from paxos_service.transport.channels import channel_options
+from paxos_service.transport.metadata import COMPACTED_THROUGH_METADATA
 from paxos_service.transport.peers import AcceptorPeer, describe_rpc_error
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
@@ -119,6 +121,10 @@ class LogDriver:
         self._seen_leader_id: int | None = None
         self._last_leader_id: int | None = None
         self._seen_chosen_through = -1
+        self._seen_compact_through = -1
+        #: Each learner's snapshot index, by position in ``learners``, as its
+        #: last Decide answer reported it.
+        self._snapshot_indexes: dict[int, int] = {}
         self._logger = get_logger()
 
     # Lifecycle -----------------------------------------------------------
@@ -365,6 +371,10 @@ class LogDriver:
                 )
                 reply = wire.accept_response_from_pb(accept_response)
         except grpc.aio.AioRpcError as exc:
+            compacted = trailing(exc, COMPACTED_THROUGH_METADATA)
+            if exc.code() == grpc.StatusCode.OUT_OF_RANGE and compacted is not None:
+                self._on_compacted(peer, compacted)
+                return
             peer.last_error = describe_rpc_error(peer.address, exc)
             return
         except (wire.WireError, ValueError) as exc:
@@ -387,6 +397,21 @@ class LogDriver:
             self._step(lambda now: self.leader.on_reject(reply, now))
         else:
             self._step(lambda now: self.leader.on_accepted(reply, now))
+
+    def _on_compacted(self, peer: AcceptorPeer, text: str) -> None:
+        """An acceptor refused an Accept below its compaction point."""
+        try:
+            through = int(text)
+        except ValueError:
+            self._logger.error("malformed compaction point", address=peer.address, value=text)
+            return
+        self._step(lambda now: self.leader.on_compacted(peer.acceptor_id, through, now))
+        self._observe_compaction()
+
+    def _observe_compaction(self) -> None:
+        if self.leader.compact_through != self._seen_compact_through:
+            self._seen_compact_through = self.leader.compact_through
+            metrics.LEADER_COMPACT_THROUGH.set(self._seen_compact_through)
 
     async def _ask_leader_contact(self, peer: AcceptorPeer, seq: int) -> None:
         request = pb.GetLeaderContactRequest(proposer_id=self.config.node_id)
@@ -420,13 +445,29 @@ class LogDriver:
         self._step(lambda now: self.leader.on_heartbeat_reply(peer_id, highest, now))
 
     async def _decide(self, chosen: Chosen) -> None:
+        """Tell every learner; their answers carry their snapshot indexes,
+        which make the compaction point (roles/compaction.py)."""
         request = pb.DecideRequest(
             decide=wire.decide_to_pb(chosen.decide), space=pb.INSTANCE_SPACE_LOG
         )
-        await asyncio.gather(
+        answers = await asyncio.gather(
             *(stub.Decide(request, timeout=2.0) for stub in self.learners),
             return_exceptions=True,
         )
+        changed = False
+        for i, answer in enumerate(answers):
+            if isinstance(answer, pb.DecideResponse):
+                # The latest, not the highest: a wiped learner's old
+                # snapshot is gone (T itself never moves back).
+                index = answer.snapshot_index
+                if index != self._snapshot_indexes.get(i):
+                    self._snapshot_indexes[i] = index
+                    changed = True
+        if changed:
+            self.leader.on_snapshot_indexes(
+                list(self._snapshot_indexes.values()), len(self.learners)
+            )
+            self._observe_compaction()
 
 
 #: How :meth:`LogDriver._handle` performs each kind of effect. AnswerHeartbeat

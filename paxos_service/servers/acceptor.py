@@ -39,6 +39,7 @@ from paxos_service.servers.acceptor_states import StateWindow
 from paxos_service.storage.contract import StorageError
 from paxos_service.storage.group_commit import GroupCommitter
 from paxos_service.transport import wire
+from paxos_service.transport.metadata import COMPACTED_THROUGH_METADATA
 from paxos_service.transport.server import RoleServer, bind_request
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
@@ -46,6 +47,7 @@ from roles import (
     Accepted,
     Acceptor,
     AcceptorState,
+    Compacted,
     NotVoting,
     Promise,
     PromiseRange,
@@ -68,6 +70,17 @@ def state_key(instance: int, log: bool) -> int:
     either, and recovery's no_vote_through M counts both (``abs`` of the key),
     so a rebuilt acceptor keeps every promise its lost self may have made."""
     return instance if log else -instance
+
+
+async def _abort_compacted(context: grpc.aio.ServicerContext[Any, Any], exc: Compacted) -> None:
+    """The typed answer below the compaction point: OUT_OF_RANGE, a message
+    that says what to do, and T in the trailing metadata."""
+    context.set_trailing_metadata(((COMPACTED_THROUGH_METADATA, str(exc.compacted_through)),))
+    await context.abort(
+        grpc.StatusCode.OUT_OF_RANGE,
+        f"{exc}; nothing is left to vote on there, and a learner that needs those "
+        "instances installs a snapshot from another learner",
+    )
 
 
 #: Most entries one GetAcceptedRange returns.
@@ -106,6 +119,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         #: The highest ``Accept.chosen_through`` heard: a PromiseRange skips
         #: the instances through it (a bounded phase 1, roles/acceptor.py).
         self.chosen_through = committer.storage.chosen_through
+        #: The compaction point: the log's votes through it are deleted, and
+        #: Prepare, Accept and reads there get OUT_OF_RANGE (roles/compaction.py).
+        self.compacted_through = committer.storage.compacted_through
+        metrics.ACCEPTOR_COMPACTED_THROUGH.set(self.compacted_through)
         self.committer = committer
         self.role_server: RoleServer | None = None
         #: Pre-vote: (proposer id, monotonic time) of the last Accept accepted here.
@@ -119,7 +136,12 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         log = await self._parse(context, lambda: wire.is_log(request.space))
         bind_request(context, instance=msg.instance, ballot=str(msg.ballot))
         step = await self._step(
-            context, lambda s, floor: self.acceptor.on_prepare(s, msg, floor), msg.instance, log
+            context,
+            lambda s, floor, compacted: self.acceptor.on_prepare(
+                s, msg, floor, compacted_through=compacted
+            ),
+            msg.instance,
+            log,
         )
         if isinstance(step, Promise):
             metrics.PROMISED_PREPARE.inc()
@@ -138,8 +160,15 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         if log and msg.chosen_through > self.chosen_through:
             self.chosen_through = msg.chosen_through
             self.committer.note_chosen_through(msg.chosen_through)
+        if log and msg.compact_through > self.compacted_through:
+            await self._compact(msg.compact_through)
         step = await self._step(
-            context, lambda s, floor: self.acceptor.on_accept(s, msg, floor), msg.instance, log
+            context,
+            lambda s, floor, compacted: self.acceptor.on_accept(
+                s, msg, floor, compacted_through=compacted
+            ),
+            msg.instance,
+            log,
         )
         if isinstance(step, Accepted):
             self.last_contact = (msg.ballot.proposer_id, clock.now())
@@ -156,6 +185,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         log = await self._parse(context, lambda: wire.is_log(request.space))
         async with self.window.step():
             await self._check_voting(context)
+            # Inside the step: the point moves only in a step of its own, and
+            # the deletes below it never reach an instance above it.
+            if log and instance <= self.compacted_through:
+                await _abort_compacted(context, Compacted(instance, self.compacted_through))
             state = await self.window.state_of(state_key(instance, log))
         await self._wait_durable(context)
         response = pb.GetAcceptedResponse(promised_ballot=wire.ballot_to_pb(state.promised_ballot))
@@ -176,8 +209,10 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         bind_request(context, instance=msg.from_instance, ballot=str(msg.ballot))
         async with self.window.step():
             await self._check_voting(context)
-            chosen_through = self.chosen_through if self.config.skip_known_chosen else 0
-            later = await self.window.states_from(report_start(msg, chosen_through))
+            # What is compacted is never reported, with or without the skip.
+            compacted = self.compacted_through
+            chosen_through = self.chosen_through if self.config.skip_known_chosen else compacted
+            later = await self.window.states_from(report_start(msg, max(chosen_through, compacted)))
             # A commit may have failed during the read: check again, then no
             # await until the promise is queued.
             await self._check_voting(context)
@@ -187,6 +222,7 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
                     later,
                     msg,
                     chosen_through=chosen_through,
+                    compacted_through=compacted,
                     page_bytes=self.config.promise_page_bytes or self.config.max_value_bytes,
                 )
             except ProtocolError as exc:
@@ -218,6 +254,8 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         limit = min(request.limit or _RANGE_LIMIT, _RANGE_LIMIT)
         async with self.window.step():
             await self._check_voting(context)
+            if start_instance <= self.compacted_through:
+                await _abort_compacted(context, Compacted(start_instance, self.compacted_through))
             found = await self.window.states_from(start_instance, accepted_limit=limit)
         entries = []
         for instance, state in found.items():
@@ -369,12 +407,15 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
             # The range promise binds single-decree instances too, as when the
             # two shared one space: a rebuilt acceptor's floor (roles/recovery.py)
             # must. It never blocks a log's PrepareRange, which reads keys >= 1.
+            compacted = self.compacted_through if log else 0  # decrees never compact
             try:
-                step = step_fn(state, self.range_promise.floor(instance))
+                step = step_fn(state, self.range_promise.floor(instance), compacted)
             except ProtocolError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except NotVoting as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            except Compacted as exc:
+                await _abort_compacted(context, exc)
             if step.persist:
                 # Later steps see this state at once; nobody hears of it before it is durable.
                 self.window.write(key, step.state)
@@ -382,6 +423,18 @@ class AcceptorServicer(pb_grpc.AcceptorServiceServicer):
         self._logger.debug("replied", reply=type(step.reply).__name__, persisted=step.persist)
         reply: Promise | Accepted | Reject = step.reply
         return reply
+
+    async def _compact(self, through: int) -> None:
+        """Take the leader's compaction point: refuse votes through it from
+        now on, save it with the next commit (the votes are deleted after
+        that, on the storage thread), and drop what memory holds there."""
+        async with self.window.step():
+            if through <= self.compacted_through:
+                return
+            self.compacted_through = through
+            self.committer.note_compacted_through(through)
+            self.window.forget_through(through)
+        self._logger.info("compaction point moved", compacted_through=through)
 
     async def _check_voting(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if self.committer.failure is not None:

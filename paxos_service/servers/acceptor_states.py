@@ -129,6 +129,20 @@ class StateWindow:
         self._unsaved[instance] = self._unsaved.get(instance, 0) + 1
         saved.add_done_callback(functools.partial(self._saved, instance))
 
+    def forget_through(self, through: int) -> None:
+        """Drop the log instances 1..``through`` from memory: they are below
+        the compaction point, never read again, and deleted from disk by the
+        committer. Those with a write not yet committed stay until evicted
+        (the truncation deletes them once it is). Call inside :meth:`step`."""
+        low = bisect.bisect_left(self.instances, 1)
+        high = bisect.bisect_right(self.instances, through)
+        gone = [i for i in self.instances[low:high] if i not in self._unsaved]
+        for instance in gone:
+            del self.states[instance]
+        if gone:
+            dropped = set(gone)
+            self.instances = [i for i in self.instances if i not in dropped]
+
     def _saved(self, instance: int, future: asyncio.Future[None]) -> None:
         if future.cancelled() or future.exception() is not None:
             return  # never evicted: this acceptor has stopped voting anyway

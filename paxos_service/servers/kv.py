@@ -65,6 +65,9 @@ from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "paxos_service.v1.KvService"
+#: The health name of this learner's writes that add data: NOT_SERVING while
+#: it is over its space quota (reads, deletes and compaction go on).
+KV_WRITES_HEALTH = "paxos_service.v1.KvService.writes"
 #: The start of the UNAVAILABLE message of a learner that stopped applying.
 LEARNER_FAILED = "learner cannot apply the log"
 DEFAULT_TIMEOUT = 10.0
@@ -87,6 +90,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
         self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PutResponse:
         await _check_key(context, request.key)
+        await self._check_quota(context)
         command = self._command(
             request.request_id, put=pb.PutOp(key=request.key, value=request.value)
         )
@@ -113,6 +117,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
         self, request: pb.CompareAndSwapRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CompareAndSwapResponse:
         await _check_key(context, request.key)
+        await self._check_quota(context)
         op = pb.CompareAndSwapOp(key=request.key, value=request.value)
         which = request.WhichOneof("expect")
         if which == "expected_value":
@@ -323,6 +328,17 @@ class KvServicer(pb_grpc.KvServiceServicer):
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{LEARNER_FAILED}: {failure}; nothing was appended: try another learner",
+            )
+
+    async def _check_quota(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Writes that add data wait for space: RESOURCE_EXHAUSTED, nothing
+        appended. Deletes, reads and compaction are what make room."""
+        if self.replica.over_quota:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"space quota exceeded: this learner's store takes more than its "
+                f"{self.replica.quota_bytes} bytes (--quota-bytes); nothing was appended. "
+                "Delete keys or compact history (paxos kv compact), then retry",
             )
 
     def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:

@@ -17,16 +17,21 @@ either.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from paxos_service.client.grpc_status import trailing
 from paxos_service.core import metrics
 from paxos_service.core.config import LearnerConfig
 from paxos_service.core.logger import get_logger
+from paxos_service.kv import snapshot_file
+from paxos_service.kv.snapshot import InvalidSnapshot
 from paxos_service.node.replica import Replica
 from paxos_service.servers.kv import KvServicer
 from paxos_service.transport import wire
+from paxos_service.transport.metadata import COMPACTED_THROUGH_METADATA
 from paxos_service.transport.peers import AcceptorPeer, connect_acceptors, describe_rpc_error
 from paxos_service.transport.server import RoleServer, bind_request
 from paxos_service.v1 import paxos_pb2 as pb
@@ -58,6 +63,8 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
         #: The conflicts seen so far (normally none, ever), and whether each
         #: was in the log's space.
         self.conflicts: list[tuple[Conflict, bool]] = []
+        #: The highest compaction point an acceptor answered a read with.
+        self.compacted_seen = 0
         self._logger = get_logger()
 
     async def Decide(
@@ -73,7 +80,8 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             # Log instances go to the replica; keeping every value here too
             # would grow without bound. GetDecision asks the acceptors instead.
             self.replica.on_decided(decide.instance, decide.value)
-            return pb.DecideResponse()
+            # The leader's compaction point is made of these (roles/compaction.py).
+            return pb.DecideResponse(snapshot_index=self.replica.snapshot_index)
         learner = self.log_learner if log else self.learner
         known = learner.decision(decide.instance)
         try:
@@ -87,6 +95,39 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
             metrics.LEARNED_FROM_DECIDE.inc()
         self._logger.debug("decided")
         return pb.DecideResponse()
+
+    async def FetchSnapshot(
+        self, request: pb.FetchSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.FetchSnapshotResponse]:
+        replica = self.replica
+        path = replica.snapshots.path if replica is not None else None
+        if replica is None or path is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this learner serves no key-value store, so it has no snapshot",
+            )
+        assert replica is not None and path is not None
+        index = replica.snapshot_index
+        if index == 0 or index < request.min_instance:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this learner's latest snapshot holds the log through instance {index}, "
+                f"not through {request.min_instance}: ask another learner",
+            )
+        self._logger.info("sending a snapshot", applied_instance=index)
+        try:
+            for info, offset, piece in snapshot_file.chunks(path):
+                yield pb.FetchSnapshotResponse(
+                    applied_instance=info.applied_instance,
+                    total_bytes=info.size,
+                    sha256=info.sha256,
+                    offset=offset,
+                    data=piece,
+                )
+        except (OSError, InvalidSnapshot) as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"cannot read this learner's snapshot: {exc}"
+            )
 
     async def GetDecision(
         self, request: pb.GetDecisionRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -119,6 +160,13 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
                 )
             if learned is not None:
                 metrics.LEARNED_FROM_ACCEPTORS.inc()
+        if learned is None and log and instance <= self.compacted_seen:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"log instance {instance} is compacted: it is chosen and applied, and the "
+                f"acceptors keep the log only above instance {self.compacted_seen}; its "
+                "effect is in the key-value store",
+            )
         if learned is None:
             return pb.GetDecisionResponse(instance=instance, decided=False)
         return pb.GetDecisionResponse(
@@ -178,6 +226,9 @@ class LearnerServicer(pb_grpc.LearnerServiceServicer):
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as exc:
+            through = trailing(exc, COMPACTED_THROUGH_METADATA)
+            if exc.code() == grpc.StatusCode.OUT_OF_RANGE and through and through.isdigit():
+                self.compacted_seen = max(self.compacted_seen, int(through))
             self._logger.debug("acceptor read failed", error=describe_rpc_error(peer.address, exc))
             return None
         if not response.HasField("accepted"):

@@ -8,8 +8,10 @@ run one way: start -> servicers and views -> the operator service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import structlog
@@ -17,18 +19,21 @@ import structlog
 from paxos_service.core import log_entry, runtime
 from paxos_service.core.config import AcceptorConfig, LearnerConfig, ProposerConfig
 from paxos_service.core.logger import get_logger
+from paxos_service.kv import snapshot_file
+from paxos_service.kv.snapshot import InvalidSnapshot
+from paxos_service.kv.snapshot_file import SnapshotInfo
 from paxos_service.kv.state_machine import KvStateMachine
 from paxos_service.node.appender import LogAppender
 from paxos_service.node.identity import IdentityGuard
 from paxos_service.node.log_driver import LogDriver
 from paxos_service.node.proposer_driver import ProposerDriver
-from paxos_service.node.replica import Replica
+from paxos_service.node.replica import Bounds, Replica
 from paxos_service.servers import operator as operator_server
 from paxos_service.servers.acceptor import SERVICE_NAME as ACCEPTOR_SERVICE_NAME
 from paxos_service.servers.acceptor import AcceptorServicer
 from paxos_service.servers.acceptor_states import resident_after_eviction
+from paxos_service.servers.kv import KV_WRITES_HEALTH, KvServicer
 from paxos_service.servers.kv import SERVICE_NAME as KV_SERVICE_NAME
-from paxos_service.servers.kv import KvServicer
 from paxos_service.servers.learner import SERVICE_NAME as LEARNER_SERVICE_NAME
 from paxos_service.servers.learner import LearnerServicer
 from paxos_service.servers.proposer import SERVICE_NAME as PROPOSER_SERVICE_NAME
@@ -36,6 +41,8 @@ from paxos_service.servers.proposer import ProposerServicer
 from paxos_service.servers.views import AcceptorView, LearnerView, ProposerView
 from paxos_service.storage.contract import AcceptorFile
 from paxos_service.storage.group_commit import GroupCommitter
+from paxos_service.transport import tls
+from paxos_service.transport.channels import channel_options
 from paxos_service.transport.peers import connect_acceptors, describe_rpc_error
 from paxos_service.transport.server import RoleServer, start_server
 from paxos_service.v1 import paxos_pb2 as pb
@@ -166,8 +173,28 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
         executor = runtime.storage_executor("kv-store")
         loop = asyncio.get_running_loop()
         machine = await loop.run_in_executor(executor, KvStateMachine.open, config.db_path)
+        snapshot_path = snapshot_file.path_for(config.db_path)
+        snapshot = await loop.run_in_executor(executor, _load_snapshot_info, snapshot_path)
         acceptors = connect_acceptors(config.acceptors, config.max_value_bytes, config.tls)
-        replica = Replica(machine, acceptors, executor, retain_revisions=config.kv_retain_revisions)
+        options = channel_options(config.max_value_bytes)
+        sources = [
+            (address, pb_grpc.LearnerServiceStub(tls.aio_channel(address, config.tls, options)))
+            for i, address in enumerate(config.learners)
+            if i != config.node_id
+        ]
+        replica = Replica(
+            machine,
+            acceptors,
+            executor,
+            bounds=Bounds(
+                retain_revisions=config.kv_retain_revisions,
+                retain_log_bytes=config.retain_log_bytes,
+                quota_bytes=config.quota_bytes,
+            ),
+            snapshot_path=snapshot_path,
+            snapshot=snapshot,
+            snapshot_sources=sources,
+        )
         replica.start()
         appender = LogAppender(config.proposers, config.max_value_bytes, config.tls)
         kv = KvServicer(replica, appender, config.max_value_bytes)
@@ -185,6 +212,13 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
     servicer.role_server = role
     if replica is not None:
 
+        async def quota_changed(over: bool) -> None:
+            # Reads go on: only the health of writes turns NOT_SERVING.
+            await role.set_health(KV_WRITES_HEALTH, not over)
+
+        replica.on_quota = quota_changed
+        await role.set_health(KV_WRITES_HEALTH, True)
+
         async def apply_failed(_reason: str) -> None:
             # A learner that cannot apply the log must not look healthy.
             await role.set_serving(False)
@@ -197,6 +231,26 @@ async def start_learner(config: LearnerConfig) -> tuple[RoleServer, LearnerServi
         "learner serving", address=config.listen, port=role.port, acceptors=config.acceptors
     )
     return role, servicer
+
+
+def _load_snapshot_info(path: Path) -> SnapshotInfo | None:
+    """This learner's snapshot, checked whole. A damaged one is set aside
+    (renamed, not trusted): the store itself is the learner's state, the
+    snapshot only what it offers others and reports as its snapshot index."""
+    try:
+        loaded = snapshot_file.load(path)
+    except (OSError, InvalidSnapshot) as exc:
+        aside = path.with_name(path.name + ".damaged")
+        get_logger().error(
+            "snapshot is damaged; set aside, a new one comes with the next",
+            path=str(path),
+            moved_to=str(aside),
+            error=str(exc),
+        )
+        with contextlib.suppress(OSError):
+            path.replace(aside)
+        return None
+    return None if loaded is None else loaded[0]
 
 
 async def _repair(appender: LogAppender | None, instance: int) -> bytes | None:

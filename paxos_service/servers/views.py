@@ -48,6 +48,8 @@ class AcceptorView:
             highest_accepted_instance=max(highest_accepted, 0),
             no_vote_through=s.acceptor.no_vote_through,
             acceptors=list(s.identity.acceptors) if s.identity is not None else [],
+            compacted_through=s.compacted_through,
+            disk_bytes=s.committer.storage.disk_bytes(),
         )
         if not s.range_promise.ballot.is_zero:
             detail.range_from_instance = s.range_promise.from_instance
@@ -149,6 +151,7 @@ class ProposerView:
                 detail.ballot.CopyFrom(described.ballot)
             detail.chosen_through = described.chosen_through
             detail.next_instance = described.next_instance
+            detail.compact_through = self.log.leader.compact_through
         return pb.GetNodeStatusResponse(
             role=pb.NODE_ROLE_PROPOSER,
             node_id=config.node_id,
@@ -200,6 +203,10 @@ class LearnerView:
             detail.applied_instance = s.replica.applied_instance
             detail.highest_decided_instance = s.replica.highest_decided
             detail.lag_instances = s.replica.lag
+            detail.snapshot_index = s.replica.snapshot_index
+            if s.replica.snapshots.latest is not None:
+                detail.snapshot_bytes = s.replica.snapshots.latest.size
+            detail.disk_bytes = s.replica.disk_bytes()
         return pb.GetNodeStatusResponse(
             role=pb.NODE_ROLE_LEARNER,
             node_id=s.config.node_id,

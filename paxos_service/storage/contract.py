@@ -59,15 +59,33 @@ class AcceptorStorage(Protocol):
 
     #: The highest ``Accept.chosen_through`` saved (a hint, never a vote).
     chosen_through: int
+    #: The highest ``Accept.compact_through`` saved: the log's votes through
+    #: it are deleted, or being deleted (roles/compaction.py).
+    compacted_through: int
 
     def save(
         self,
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
         chosen_through: int | None = None,
+        compacted_through: int | None = None,
     ) -> None:
-        """Durably store ``(instance, state)`` pairs, and the range promise
-        and ``chosen_through`` if given, in one transaction."""
+        """Durably store ``(instance, state)`` pairs, and the range promise,
+        ``chosen_through`` and ``compacted_through`` if given, in one transaction."""
+        ...
+
+    def truncate(self, through: int, limit: int) -> int:
+        """Delete up to ``limit`` log instances' states <= ``through`` (a
+        ``compacted_through`` already saved), lowest first; return how many."""
+        ...
+
+    def reclaim(self) -> int:
+        """Give free space back to the file system, a bounded amount per
+        call; return how much is still free (0: all of it went back)."""
+        ...
+
+    def disk_bytes(self) -> int:
+        """Bytes the storage takes on disk."""
         ...
 
     def close(self) -> None: ...

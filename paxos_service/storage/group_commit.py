@@ -5,6 +5,11 @@ Commits happen strictly in queue order on one storage thread, so "my commit
 is done" implies "every earlier write is done". After a failed commit nothing
 is ever committed again: every later write is refused with StorageError, and
 the acceptor stops voting rather than reply without persisting.
+
+Truncation below the compaction point (roles/compaction.py) runs on the same
+thread, between commits, in bounded batches: the new point is saved with a
+commit first, and only then are the votes below it deleted and the freed
+pages handed back to the file system.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from roles import AcceptorState, RangePromise
 
 T = TypeVar("T")
 
+#: Instances whose votes one truncation step deletes at most: a few
+#: milliseconds of the storage thread between two commits.
+TRUNCATE_BATCH = 2000
+
 
 class GroupCommitter:
     """Writes queued acceptor states in batches: every write that arrives while
@@ -33,6 +42,12 @@ class GroupCommitter:
         self._pending: list[tuple[int, AcceptorState]] = []
         self._pending_range: RangePromise | None = None
         self._pending_chosen: int | None = None
+        self._pending_compacted: int | None = None
+        #: Truncation: the saved compaction point, how far the deletes got,
+        #: and whether free pages are left to hand back.
+        self._truncate_to = storage.compacted_through
+        self._truncated_through = 0
+        self._reclaim_due = True
         self._pending_done: asyncio.Future[None] | None = None
         self._last_done: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
@@ -73,6 +88,12 @@ class GroupCommitter:
         if self._pending_chosen is None or chosen_through > self._pending_chosen:
             self._pending_chosen = chosen_through
 
+    def note_compacted_through(self, compacted_through: int) -> None:
+        """Store the compaction point with the next commit; once that is
+        durable, delete the votes through it, a batch at a time."""
+        if self._pending_compacted is None or compacted_through > self._pending_compacted:
+            self._pending_compacted = compacted_through
+
     def _refuse_after_failure(self) -> None:
         if self.failure is not None:
             raise StorageError(f"an earlier commit failed ({self.failure})")
@@ -104,11 +125,13 @@ class GroupCommitter:
             batch, promise, done = self._pending, self._pending_range, self._pending_done
             self._pending, self._pending_range, self._pending_done = [], None, None
             if done is None:
+                await self._truncate_some()
                 continue
             chosen, self._pending_chosen = self._pending_chosen, None
+            compacted, self._pending_compacted = self._pending_compacted, None
             try:
                 seconds = await loop.run_in_executor(
-                    self._executor, self._save, batch, promise, chosen
+                    self._executor, self._save, batch, promise, chosen, compacted
                 )
             except Exception as exc:  # any failure to commit means: stop voting
                 metrics.ACCEPTOR_COMMIT_FAILURES.inc()
@@ -126,15 +149,51 @@ class GroupCommitter:
             metrics.ACCEPTOR_COMMIT_SECONDS.observe(seconds)
             metrics.ACCEPTOR_COMMIT_WRITES.observe(len(batch) + (promise is not None))
             done.set_result(None)
+            if compacted is not None and compacted > self._truncate_to:
+                self._truncate_to = compacted
+                metrics.ACCEPTOR_COMPACTED_THROUGH.set(compacted)
+            await self._truncate_some()
+
+    async def _truncate_some(self) -> None:
+        """One bounded step of deleting the votes below the saved compaction
+        point, or of handing free pages back; wakes the loop again while work
+        is left. A failure here loses nothing (the votes are below T): it is
+        logged and tried again after the next commit."""
+        if self._truncate_to <= self._truncated_through and not self._reclaim_due:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            if self._truncate_to > self._truncated_through:
+                target = self._truncate_to
+                deleted = await loop.run_in_executor(
+                    self._executor, self._storage.truncate, target, TRUNCATE_BATCH
+                )
+                metrics.ACCEPTOR_TRUNCATED.inc(deleted)
+                if deleted < TRUNCATE_BATCH:
+                    self._truncated_through = target
+                self._reclaim_due = True
+            else:
+                free = await loop.run_in_executor(self._executor, self._storage.reclaim)
+                self._reclaim_due = free > 0
+                metrics.DISK_BYTES.set(
+                    await loop.run_in_executor(self._executor, self._storage.disk_bytes)
+                )
+        except StorageError as exc:
+            get_logger().warning("truncation below the compaction point failed", error=str(exc))
+            self._reclaim_due = False
+            return
+        if self._truncate_to > self._truncated_through or self._reclaim_due:
+            self._wakeup.set()
 
     def _save(
         self,
         batch: list[tuple[int, AcceptorState]],
         promise: RangePromise | None,
         chosen_through: int | None,
+        compacted_through: int | None,
     ) -> float:
         """Commit on the storage thread; return how long the commit (and its
         fsync) took there, without the wait for the thread or the event loop."""
         started = time.perf_counter()
-        self._storage.save(batch, promise, chosen_through)
+        self._storage.save(batch, promise, chosen_through, compacted_through)
         return time.perf_counter() - started

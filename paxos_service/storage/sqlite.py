@@ -31,6 +31,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     select,
 )
@@ -38,7 +39,12 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from paxos_service.storage.contract import StorageCorrupt, StorageError
-from paxos_service.storage.sqlite_setup import durable_engine
+from paxos_service.storage.sqlite_setup import (
+    disk_bytes,
+    durable_engine,
+    ensure_incremental_vacuum,
+    reclaim_space,
+)
 from paxos_service.storage.sqlite_setup import error_reason as _reason
 from roles import ZERO_BALLOT, AcceptorState, Ballot, RangePromise
 from roles.recovery import AcceptorStatus, RecoveryPlan
@@ -98,6 +104,8 @@ class SqliteAcceptorStorage:
         #: Recovered acceptors never vote on instances <= this (0: none).
         self.no_vote_through = 0
         self.chosen_through = 0
+        #: Votes for log instances <= this are deleted or being deleted.
+        self.compacted_through = 0
         self.created = False
         self._engine = durable_engine(path)
         self._conn: Connection | None = None
@@ -126,6 +134,7 @@ class SqliteAcceptorStorage:
                     metadata.create_all(self._connection())  # tables added since
             else:
                 self._initialise()
+            ensure_incremental_vacuum(self._connection())
         except StorageCorrupt:
             self.close()
             raise
@@ -228,8 +237,14 @@ class SqliteAcceptorStorage:
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
         chosen_through: int | None = None,
+        compacted_through: int | None = None,
     ) -> None:
-        if not writes and range_promise is None and chosen_through is None:
+        if (
+            not writes
+            and range_promise is None
+            and chosen_through is None
+            and compacted_through is None
+        ):
             return
         conn = self._connection()
         try:
@@ -241,8 +256,46 @@ class SqliteAcceptorStorage:
                 if chosen_through is not None:
                     row = {"key": "chosen_through", "value": str(chosen_through)}
                     conn.execute(_UPSERT_META, [row])
+                if compacted_through is not None:
+                    row = {"key": "compacted_through", "value": str(compacted_through)}
+                    conn.execute(_UPSERT_META, [row])
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot commit to {self.path}: {_reason(exc)}") from exc
+        if compacted_through is not None:
+            self.compacted_through = max(self.compacted_through, compacted_through)
+
+    def truncate(self, through: int, limit: int) -> int:
+        """Delete the votes of up to ``limit`` log instances <= ``through``
+        (the lowest first; single-decree keys, below 1, are never touched) and
+        return how many went. Only ever called with a ``compacted_through``
+        that is already durable, so a crash in the middle forgets nothing
+        that is still needed."""
+        t = acceptor_state.c
+        lowest = (
+            select(t.instance)
+            .where(t.instance >= 1, t.instance <= through)
+            .order_by(t.instance)
+            .limit(limit)
+            .scalar_subquery()
+        )
+        conn = self._connection()
+        try:
+            with conn.begin():
+                result = conn.execute(delete(acceptor_state).where(t.instance.in_(lowest)))
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot truncate {self.path}: {_reason(exc)}") from exc
+        return int(result.rowcount)
+
+    def reclaim(self) -> int:
+        """Return free pages to the file system (a bounded number); how many
+        are still free."""
+        try:
+            return reclaim_space(self._connection())
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot reclaim space in {self.path}: {_reason(exc)}") from exc
+
+    def disk_bytes(self) -> int:
+        return disk_bytes(self.path)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -307,9 +360,15 @@ class SqliteAcceptorStorage:
             self.status = AcceptorStatus(stored.get("status", AcceptorStatus.VOTING.value))
             self.no_vote_through = int(stored.get("no_vote_through", "0"))
             self.chosen_through = int(stored.get("chosen_through", "0"))
+            self.compacted_through = int(stored.get("compacted_through", "0"))
         except ValueError as exc:
             raise StorageCorrupt(f"{self.path}: impossible identity record: {exc}") from exc
-        if self.no_vote_through < 0 or self.chosen_through < 0 or not self.incarnation:
+        if (
+            self.no_vote_through < 0
+            or self.chosen_through < 0
+            or self.compacted_through < 0
+            or not self.incarnation
+        ):
             raise StorageCorrupt(f"{self.path}: impossible identity record: {stored}")
 
     def _initialise(self) -> None:

@@ -13,3 +13,6 @@ WATCH_RESUME_METADATA = "paxos-watch-resume-revision"
 #: Trailing metadata of a Watch from a compacted revision (OUT_OF_RANGE): the
 #: revision through which history is gone (etcd's ``compact_revision``).
 COMPACT_REVISION_METADATA = "paxos-compact-revision"
+#: Trailing metadata of an acceptor's OUT_OF_RANGE for a log instance at or
+#: below its compaction point: the point, as a decimal string.
+COMPACTED_THROUGH_METADATA = "paxos-compacted-through"

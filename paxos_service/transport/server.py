@@ -51,6 +51,15 @@ class RoleServer:
     #: The plaintext health-only server (--health-listen), if any.
     health_server: grpc.aio.Server | None = None
 
+    async def set_health(self, name: str, serving: bool) -> None:
+        """One health name of its own (not the role's readiness)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(name, status)
+
     async def set_serving(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING

@@ -58,11 +58,17 @@ def prepare_to_pb(msg: Prepare) -> pb.Prepare:
 
 
 def accept_from_pb(msg: pb.Accept, max_value_bytes: int) -> Accept:
+    if msg.compact_through > msg.chosen_through:
+        raise WireError(
+            f"compact_through {msg.compact_through} is above chosen_through "
+            f"{msg.chosen_through}: only chosen instances can be compacted"
+        )
     return Accept(
         check_instance(msg.instance),
         ballot_from_pb(msg.ballot, required=True),
         check_value(msg.value, max_value_bytes),
         msg.chosen_through,
+        msg.compact_through,
     )
 
 
@@ -72,6 +78,7 @@ def accept_to_pb(msg: Accept) -> pb.Accept:
         ballot=ballot_to_pb(msg.ballot),
         value=msg.value,
         chosen_through=msg.chosen_through,
+        compact_through=msg.compact_through,
     )
 
 

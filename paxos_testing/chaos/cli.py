@@ -41,6 +41,11 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+#: The learners snapshot every 64 KiB of log in a chaos run: dozens of times
+#: a minute under its load, so the acceptors truncate all along.
+RETAIN_LOG_BYTES = 64 * 1024
+
+
 def parse_range(text: str) -> tuple[float, float]:
     """``3-5`` -> (3.0, 5.0) seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*", text)
@@ -78,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fault kinds (default: all of " + ",".join(FAULT_KINDS) + ")",
     )
     p.add_argument("--check-budget", type=float, default=300.0, help="linearizability budget, s")
+    p.add_argument(
+        "--retain-log-bytes",
+        type=int,
+        default=RETAIN_LOG_BYTES,
+        metavar="BYTES",
+        help="the learners' --retain-log-bytes: small, so that snapshots, the compaction "
+        f"point and the acceptors' truncation all run under load (default {RETAIN_LOG_BYTES})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument(
         "--broken-acceptor",
@@ -103,7 +116,15 @@ def replay_command(args: argparse.Namespace, seed: int) -> str:
     argv = ["python", "-m", "paxos_testing.chaos", "--duration", f"{args.duration:g}s"]
     argv += ["--seed", str(seed)]
     defaults = build_parser().parse_args([])
-    flags = ("clients", "keys", "op_timeout", "fault_seconds", "heal_seconds", "kinds")
+    flags = (
+        "clients",
+        "keys",
+        "op_timeout",
+        "fault_seconds",
+        "heal_seconds",
+        "kinds",
+        "retain_log_bytes",
+    )
     for flag in (*flags, "broken_acceptor", "broken_acceptors"):
         value = getattr(args, flag)
         if value != getattr(defaults, flag):
@@ -136,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_seconds=args.fault_seconds,
         heal_seconds=args.heal_seconds,
         kinds=args.kinds,
+        retain_log_bytes=args.retain_log_bytes,
         linearizability_budget=args.check_budget,
         replay=replay,
         progress=not args.quiet,

@@ -72,8 +72,12 @@ class Harness:
         fake_clocks: bool = False,
         broken_acceptor: str | None = None,
         broken_acceptors: int | None = None,
+        retain_log_bytes: int | None = None,
     ) -> None:
         self.workdir = workdir
+        #: The learners' --retain-log-bytes: small, so that snapshots, the
+        #: compaction point and truncation all run under load (None: default).
+        self.retain_log_bytes = retain_log_bytes
         #: Run every proposer under libfaketime, so the nemesis can jump its clock.
         self.fake_clocks = fake_clocks
         #: Test only: run the first ``broken_acceptors`` acceptors (all if None)
@@ -125,8 +129,10 @@ class Harness:
                 argv += ["--proposers", addresses("proposer"), "--learners", addresses("learner")]
             else:
                 argv = [*common, "--acceptors", addresses("acceptor")]
-                argv += ["--proposers", addresses("proposer")]
+                argv += ["--proposers", addresses("proposer"), "--learners", addresses("learner")]
                 argv += ["--db", str(self.workdir / "data" / f"learner-{i}.db")]
+                if self.retain_log_bytes is not None:
+                    argv += ["--retain-log-bytes", str(self.retain_log_bytes)]
             node = Node(role, i, netns, ip, argv, logs, data_dir, under_fiu=role == "acceptor")
             if role == "proposer" and self.fake_clocks:
                 node.clock_file = self.workdir / "clock" / f"{node.name}.faketime"
@@ -382,6 +388,18 @@ class Harness:
         finally:
             os.close(fd)
         return written
+
+    def wipe(self, node: Node) -> list[str]:
+        """Delete a stopped learner's volume (its store, WAL and snapshot):
+        what a new disk looks like. Returns the names of what it deleted."""
+        if node.alive():
+            raise HarnessError(f"{node.name} still runs: kill it before wiping its volume")
+        db = Path(node.argv[node.argv.index("--db") + 1])
+        gone = []
+        for path in sorted(db.parent.glob(db.name + "*")):
+            path.unlink()
+            gone.append(path.name)
+        return gone
 
     def free_disk(self, node: Node) -> None:
         if node.data_dir is not None:

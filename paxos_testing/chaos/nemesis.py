@@ -38,6 +38,10 @@ fsync                  libfiu makes fsync fail in one running acceptor     disab
                        it must stop voting
 disk-full              a filler file fills one acceptor's tmpfs;           delete it; SIGKILL;
                        it must stop voting and keep its file readable      restart
+learner-wipe           SIGKILL one learner and delete its volume (store,   start it: it fetches a
+                       WAL, snapshot), if every other learner serves and   snapshot from the other
+                       holds a snapshot at or above the acceptors'         learner and catches up
+                       compaction point (else a plain kill)                from the acceptors
 =====================  ==================================================  =========================
 
 The client's own address (the hub) is never blocked: clients see the cluster
@@ -68,6 +72,21 @@ FLAP_SECONDS: Final = (0.3, 1.0)
 STORAGE_FAULT_LINGER: Final = 1.0
 #: split-brain: the old leader stays paused at most this long for another to take over.
 SPLIT_BRAIN_TAKEOVER: Final = 3.0
+
+
+async def _status_field(node: Node, detail: str, field: str) -> int:
+    """One number from ``node``'s GetNodeStatus (-1 if it does not answer:
+    never enough to cover a compaction point)."""
+    if not node.alive() or node.paused:
+        return -1
+    try:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            reply = await pb_grpc.OperatorServiceStub(channel).GetNodeStatus(
+                pb.GetNodeStatusRequest(), timeout=2.0
+            )
+    except grpc.RpcError:
+        return -1
+    return int(getattr(getattr(reply, detail), field))
 
 
 async def leader_of(harness: Harness) -> str | None:
@@ -196,7 +215,10 @@ class Nemesis:
             return
         record.targets = [target]
         node = h.nodes[target]
-        if kind in ("partition-leader", "partition-flap"):
+        signals = {"kill": h.kill, "kill-leader": h.kill, "pause": h.pause, "pause-leader": h.pause}
+        if kind in signals:
+            await self._sh(signals[kind], node)
+        elif kind in ("partition-leader", "partition-flap"):
             await self._isolate([node], both_ways=True)
         elif kind == "partition-majority":
             minority = [h.nodes[n] for n in planned.params["minority"]]
@@ -208,10 +230,8 @@ class Nemesis:
             record.notes.append(f"{target} hears nobody; its packets still go out")
         elif kind == "split-brain":
             await self._split_brain(record, node, h.nodes[planned.params["learner"]])
-        elif kind in ("kill", "kill-leader"):
-            await self._sh(h.kill, node)
-        elif kind in ("pause", "pause-leader"):
-            await self._sh(h.pause, node)
+        elif kind == "learner-wipe":
+            await self._wipe_learner(record, node)
         elif kind == "slow-link":
             await self._sh(h.slow_link, node, int(planned.params["rate_kbit"]))
         elif kind == "clock-jump":
@@ -226,6 +246,29 @@ class Nemesis:
             record.notes.append(f"filled {target}'s tmpfs with {written} bytes")
         else:
             raise ValueError(kind)
+
+    async def _wipe_learner(self, record: FaultRecord, node: Node) -> None:
+        """SIGKILL ``node`` and delete its volume, when the log below the
+        compaction point survives elsewhere: every other learner serves with
+        a snapshot at or above every acceptor's compaction point. Otherwise
+        (a majority of learners' volumes would be gone) only the kill."""
+        h = self.harness
+        others = [n for n in h.nodes.values() if n.role == "learner" and n is not node]
+        acceptors = [n for n in h.nodes.values() if n.role == "acceptor"]
+        point = max([await _status_field(n, "acceptor", "compacted_through") for n in acceptors])
+        held = [await _status_field(n, "learner", "snapshot_index") for n in others]
+        await self._sh(h.kill, node)
+        if others and all(index >= point for index in held):
+            gone = await self._sh(h.wipe, node)
+            record.notes.append(
+                f"wiped {node.name}'s volume ({', '.join(gone) or 'empty'}); compaction point "
+                f"{point}, other learners' snapshots {held}"
+            )
+        else:
+            record.notes.append(
+                f"only killed {node.name}: the other learners' snapshots {held} do not all "
+                f"cover the compaction point {point}"
+            )
 
     async def _split_brain(self, record: FaultRecord, old: Node, mine: Node) -> None:
         """Cut {old, mine} from {the other proposers, the other learners}, both
@@ -306,7 +349,7 @@ class Nemesis:
             await asyncio.gather(*(self._sh(h.flush_rules, node) for node in nodes))
             if kind == "split-brain":
                 await self._sh(h.resume, nodes[0])
-        elif kind in ("kill", "kill-leader"):
+        elif kind in ("kill", "kill-leader", "learner-wipe"):
             for node in nodes:
                 if not node.alive():
                     await self._sh(h.start, node)

@@ -27,7 +27,9 @@ from typing import Any
 
 import grpc
 
+from paxos_service.client.grpc_status import trailing
 from paxos_service.client.kv import AsyncKvClient
+from paxos_service.transport.metadata import COMPACTED_THROUGH_METADATA
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from paxos_testing.chaos import checkers, report, timeline
@@ -63,6 +65,8 @@ class RunConfig:
     #: the first ``broken_acceptors`` acceptors (None: all). Such a run should fail.
     broken_acceptor: str | None = None
     broken_acceptors: int | None = None
+    #: The learners' --retain-log-bytes (None: the servers' default).
+    retain_log_bytes: int | None = None
 
 
 @dataclass
@@ -91,6 +95,7 @@ def run_chaos(config: RunConfig) -> Outcome:
         fake_clocks=any(k in CLOCK_KINDS for k in config.kinds),
         broken_acceptor=config.broken_acceptor,
         broken_acceptors=config.broken_acceptors,
+        retain_log_bytes=config.retain_log_bytes,
     )
     harness.plan()
     broken = sorted(n.name for n in harness.nodes.values() if n.broken_mode is not None)
@@ -298,15 +303,24 @@ async def _learner_state(name: str, address: str) -> checkers.LearnerState:
 
 
 async def _acceptor_state(name: str, address: str) -> checkers.AcceptorState:
+    """Every vote the acceptor holds: from just above its compaction point
+    (below it, the votes are deleted and the learners' agreement is the check)."""
     entries: list[checkers.AcceptedEntry] = []
     start = 1
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.AcceptorServiceStub(channel)
             while True:
-                reply = await stub.GetAcceptedRange(
-                    pb.GetAcceptedRangeRequest(from_instance=start, limit=1000), timeout=10
-                )
+                try:
+                    reply = await stub.GetAcceptedRange(
+                        pb.GetAcceptedRangeRequest(from_instance=start, limit=1000), timeout=10
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    point = trailing(exc, COMPACTED_THROUGH_METADATA)
+                    if exc.code() != grpc.StatusCode.OUT_OF_RANGE or not point:
+                        raise
+                    start = int(point) + 1
+                    continue
                 if not reply.accepted:
                     break
                 for a in reply.accepted:

@@ -33,6 +33,7 @@ FAULT_KINDS: Final = (
     "slow-link",
     "clock-jump",
     "split-brain",
+    "learner-wipe",
 )
 #: Kinds that need every proposer started under libfaketime.
 CLOCK_KINDS: Final = ("clock-jump",)
@@ -121,8 +122,8 @@ def plan_schedule(
         elif kind == "loss":
             target = "all"
             params["probability"] = round(rng.uniform(0.05, 0.3), 2)
-        elif kind in ("kill", "pause"):
-            target = rng.choice(everyone)
+        elif kind in ("kill", "pause", "learner-wipe"):
+            target = rng.choice(learners if kind == "learner-wipe" else everyone)
         elif kind in ("fsync", "disk-full"):
             target = rng.choice(acceptors)
             if kind == "disk-full":

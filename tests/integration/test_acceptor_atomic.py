@@ -61,10 +61,11 @@ class FailingStorage(SqliteAcceptorStorage):
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
         chosen_through: int | None = None,
+        compacted_through: int | None = None,
     ) -> None:
         if self.fail:
             raise StorageError("disk I/O error (injected)")
-        super().save(writes, range_promise, chosen_through)
+        super().save(writes, range_promise, chosen_through, compacted_through)
 
 
 @dataclass

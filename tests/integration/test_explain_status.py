@@ -398,11 +398,14 @@ def test_status_shows_every_node_and_a_killed_acceptor_as_down(kv_cluster: KvClu
     assert table.returncode == 0, table.stdout + table.stderr
     rows = table_rows(table.stdout)
     assert table.stdout.splitlines()[0].split() == [
-        "ROLE", "ID", "ADDRESS", "HEALTH", "LEADER", "LOG", "LAG",
+        "ROLE", "ID", "ADDRESS", "HEALTH", "LEADER", "LOG", "LAG", "DISK",
     ]  # fmt: skip
     assert len(rows) == 6 and all(cells[3] == "SERVING" for cells in rows.values())
     assert rows[("acceptor", 0)][2] == kv.acceptors[0].address
     assert rows[("learner", 0)][5].startswith("applied=")
+    assert rows[("acceptor", 0)][7].endswith("KiB")  # what its file takes on disk
+    assert rows[("proposer", 0)][7] == "-"
+    assert "compaction: none yet" in table.stdout
     assert "all 6 nodes serving" in table.stdout
 
     kv.acceptors[2].kill9()

@@ -32,10 +32,11 @@ class GatedStorage(SqliteAcceptorStorage):
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
         chosen_through: int | None = None,
+        compacted_through: int | None = None,
     ) -> None:
         self.saving.set()
         self.gate.wait(timeout=30)
-        super().save(writes, range_promise, chosen_through)
+        super().save(writes, range_promise, chosen_through, compacted_through)
         self.batches.append(len(writes))
 
 

@@ -180,7 +180,17 @@ def test_peer_lists_name_every_acceptor_and_learner_in_ordinal_order(m: mf.Manif
     acceptors have it too: it is how they know their peers (identity safety)."""
     for role in ("acceptor", "proposer", "learner"):
         _peer_list(m, env_of(m, mf.sts_of_role(m, role)), "PAXOS_ACCEPTORS", "acceptor")
-    _peer_list(m, env_of(m, mf.sts_of_role(m, "proposer")), "PAXOS_LEARNERS", "learner")
+    # The learners read the list too: where a learner with a new or lost
+    # volume fetches a snapshot.
+    for role in ("proposer", "learner"):
+        _peer_list(m, env_of(m, mf.sts_of_role(m, role)), "PAXOS_LEARNERS", "learner")
+
+
+def test_at_least_two_learners_hold_the_compacted_log(m: mf.Manifests) -> None:
+    """Below the compaction point the log lives only in the learners'
+    snapshots (a majority of them): with one learner, losing its volume
+    would lose it."""
+    assert mf.replicas(mf.sts_of_role(m, "learner")) >= 2
 
 
 def test_proposer_list_matches_the_proposer_replicas(m: mf.Manifests) -> None:

@@ -273,6 +273,8 @@ def start_kv_cluster(
             acceptor_list,
             "--proposers",
             proposer_list,
+            "--learners",
+            learner_list,
             "--db",
             str(cluster.workdir / f"learner-{i}.db"),
             *learner_args,

@@ -51,7 +51,11 @@ async def _stale_floor_step(
     (before waiting for the step lock and for the disk): the bug."""
     floor = self.range_promise.floor(instance)
     return await _REAL_STEP(
-        self, context, lambda state, _floor: step_fn(state, floor), instance, log
+        self,
+        context,
+        lambda state, _floor, compacted: step_fn(state, floor, compacted),
+        instance,
+        log,
     )
 
 

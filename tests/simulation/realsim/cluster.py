@@ -37,7 +37,12 @@ from typing import Any
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paxos_service.core import runtime
-from paxos_service.core.config import AcceptorConfig, LearnerConfig, ProposerConfig
+from paxos_service.core.config import (
+    DEFAULT_RETAIN_LOG_BYTES,
+    AcceptorConfig,
+    LearnerConfig,
+    ProposerConfig,
+)
 from paxos_service.kv.state_machine import Applied
 from paxos_service.servers.start import start_acceptor, start_learner, start_proposer
 from paxos_service.storage.contract import StorageError
@@ -136,6 +141,8 @@ class Recorder:
     #: (acceptor key, value) of every single-decree Propose answered OK.
     proposals: list[tuple[int, bytes]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    #: The highest compaction point any acceptor saved.
+    compacted_through: int = 0
 
 
 @dataclass
@@ -168,10 +175,15 @@ class RecordingStorage(SqliteAcceptorStorage):
         writes: Sequence[tuple[int, AcceptorState]],
         range_promise: RangePromise | None = None,
         chosen_through: int | None = None,
+        compacted_through: int | None = None,
     ) -> None:
         if self._faults.commit_failure and self._rng.random() < self._faults.commit_failure:
             raise StorageError("disk I/O error (simulated fsync failure)")
-        super().save(writes, range_promise, chosen_through)
+        super().save(writes, range_promise, chosen_through, compacted_through)
+        if compacted_through is not None:
+            self._recorder.compacted_through = max(
+                self._recorder.compacted_through, compacted_through
+            )
         self._recorder.monitors[self.acceptor_id].committed(writes, range_promise)
         for instance, state in writes:
             if state.accepted_value is not None:
@@ -254,6 +266,12 @@ class ClusterShape:
     skip_known_chosen: bool = True
     heartbeat_interval: float = 0.1
     election_timeout: float = 0.5
+    #: A learner snapshots after this much log; small values make the
+    #: compaction point rise and the acceptors truncate all run long.
+    retain_log_bytes: int = DEFAULT_RETAIN_LOG_BYTES
+    #: The nemesis may wipe a crashed learner's volume (store and snapshot)
+    #: when there are others to rebuild it from.
+    wipe_learners: bool = False
 
 
 class SimCluster:
@@ -355,6 +373,13 @@ class SimCluster:
         node.closers.clear()
         node.role = node.servicer = None
 
+    async def wipe(self, name: str) -> None:
+        """Crash ``name`` and delete its volume: a learner on a new disk."""
+        await self.crash(name)
+        for path in sorted(self.directory.glob(f"{name}.db*")):
+            path.unlink()
+        self.note(f"wipe {name}")
+
     async def restart(self, name: str) -> None:
         await self.crash(name)
         await self.start(name)
@@ -408,6 +433,8 @@ class SimCluster:
             acceptors=self.acceptor_addresses,
             proposers=self.proposer_addresses,
             db_path=self.directory / f"{node.name}.db",
+            learners=self.learner_addresses,
+            retain_log_bytes=self.shape.retain_log_bytes,
         )
         node.role, servicer = await start_learner(config)
         node.servicer = servicer
@@ -460,7 +487,8 @@ def _watch_acceptor(servicer: Any, monitor: AcceptorMonitor) -> None:
 
     def checked_prepare_range(range_promise: Any, states: Any, msg: Any, **kwargs: Any) -> Any:
         # The read must hold every vote the reply may report.
-        monitor.range_read(report_start(msg, kwargs.get("chosen_through", 0)), states)
+        known = max(kwargs.get("chosen_through", 0), kwargs.get("compacted_through", 0))
+        monitor.range_read(report_start(msg, known), states)
         return on_prepare_range(range_promise, states, msg, **kwargs)
 
     acceptor.on_prepare_range = checked_prepare_range

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from paxos_service.core.config import DEFAULT_RETAIN_LOG_BYTES
 from tests.simulation.realsim import checkers
 from tests.simulation.realsim.cluster import ClusterShape, SimCluster, StorageFaults
 from tests.simulation.realsim.net import NetFaults
@@ -58,6 +59,7 @@ class RunResult:
 def draw(seed: int) -> tuple[ClusterShape, NetFaults, StorageFaults, int]:
     rng = random.Random(f"shape-{seed}")
     phase1 = random.Random(f"page-{seed}")
+    compaction = random.Random(f"compact-{seed}")
     shape = ClusterShape(
         acceptors=rng.choice((3, 3, 5)),
         proposers=rng.choice((1, 2, 2, 3)),
@@ -66,6 +68,8 @@ def draw(seed: int) -> tuple[ClusterShape, NetFaults, StorageFaults, int]:
         # Their own stream, so that the other draws of a seed stay as they were.
         promise_page_bytes=phase1.choice((0, 0, 100, 400)),
         skip_known_chosen=phase1.choice((True, False)),
+        retain_log_bytes=compaction.choice((DEFAULT_RETAIN_LOG_BYTES, 30, 100, 400)),
+        wipe_learners=compaction.choice((False, True)),
     )
     faults = NetFaults(
         drop_probability=rng.choice((0.0, 0.01, 0.05)),
@@ -102,7 +106,9 @@ def _run_seed(seed: int, max_real_seconds: float) -> RunResult:
             f"{shape.acceptors} acceptors, {shape.proposers} proposers, {shape.learners} "
             f"learners, memory window {shape.max_resident_instances}, promise pages "
             f"{shape.promise_page_bytes or 'full'}"
-            f"{'' if shape.skip_known_chosen else ' from the first instance'}, {clients} clients, "
+            f"{'' if shape.skip_known_chosen else ' from the first instance'}, "
+            f"snapshots every {shape.retain_log_bytes} B"
+            f"{', learner wipes' if shape.wipe_learners else ''}, {clients} clients, "
             f"drop {faults.drop_probability}, duplicate {faults.duplicate_probability}, "
             f"fsync failure {storage.commit_failure}, slow storage {storage.slow_probability}"
         ),

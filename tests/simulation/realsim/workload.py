@@ -213,6 +213,8 @@ class Nemesis:
     def __init__(self, cluster: SimCluster) -> None:
         self.cluster = cluster
         self.rng = random.Random(cluster.rng.random())
+        # Its own stream: the rest of the schedule stays as it was without wipes.
+        self.wipe_rng = random.Random(f"wipe-{cluster.seed}")
         # A dict, not a set: a set of tasks iterates in memory-address order,
         # and the order they are cancelled in must replay exactly.
         self._tasks: dict[asyncio.Task[None], None] = {}
@@ -225,7 +227,10 @@ class Nemesis:
             roll = self.rng.random()
             if roll < 0.45:
                 name = self.rng.choice(names)
-                await self.cluster.crash(name)
+                if self._may_wipe(name) and self.wipe_rng.random() < 0.5:
+                    await self.cluster.wipe(name)
+                else:
+                    await self.cluster.crash(name)
                 self._later(self.rng.uniform(0.1, 2.0), functools.partial(self._restart, name))
             elif roll < 0.7:
                 servers = [self.cluster.nodes[n].name for n in names]
@@ -239,6 +244,28 @@ class Nemesis:
                 self.cluster.network.isolate(name)
                 self.cluster.note(f"isolate {name}")
                 self._later(self.rng.uniform(0.3, 2.5), self._heal)
+
+    def _may_wipe(self, name: str) -> bool:
+        """A learner may lose its volume while every other learner is up and
+        holds a snapshot at or above every compaction point saved so far: the
+        log below it then survives elsewhere. (Losing the volumes of a majority
+        of learners loses the log below T, as losing a majority of acceptors'
+        volumes loses votes: the deployment guidance rules out both.)"""
+        node = self.cluster.nodes[name]
+        learners = self.cluster.of("learner")
+        point = self.cluster.recorder.compacted_through
+        return (
+            self.cluster.shape.wipe_learners
+            and node.kind == "learner"
+            and len(learners) >= 2
+            and all(
+                other.up
+                and other.servicer is not None
+                and other.servicer.replica.snapshot_index >= point
+                for other in learners
+                if other is not node
+            )
+        )
 
     def _later(self, delay: float, action: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
