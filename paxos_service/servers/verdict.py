@@ -96,6 +96,16 @@ def judge(
     majorities = [k for k, voters in votes.items() if len(voters) >= tally.quorum]
     if majorities:
         return _chosen_by_majority(tally, votes[max(majorities)], learners)
+    compacted = [a for a in tally.answered if a.compacted_through]
+    if compacted:
+        # Only chosen instances are ever compacted (roles/compaction.py).
+        return Verdict(
+            pb.INSTANCE_VERDICT_CHOSEN,
+            f"chosen and compacted: {_ids('acceptor', [a.acceptor_id for a in compacted])} "
+            f"dropped the log through instance {max(a.compacted_through for a in compacted)}; "
+            "its value is applied in the learners' stores and snapshots, and no longer kept "
+            f"as a vote{tally.down_note}",
+        )
 
     knower = next((lr for lr in learners if lr.reachable and lr.decided), None)
     if knower is not None or (log_chosen_through and instance <= log_chosen_through):

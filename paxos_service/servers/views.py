@@ -92,6 +92,8 @@ class AcceptorView:
             status=status,
             no_vote=not s.acceptor.votes_on(instance),
         )
+        if log and instance <= s.compacted_through:
+            entry.compacted_through = s.compacted_through
         floor = range_promise.floor(instance)
         if not state.promised_ballot.is_zero:
             entry.instance_promised_ballot.CopyFrom(wire.ballot_to_pb(state.promised_ballot))

@@ -120,6 +120,13 @@ def test_acceptors_truncate_and_a_wiped_learner_rebuilds_from_a_snapshot(tmp_pat
             )
         assert learner_refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
         assert "compacted" in (learner_refused.value.details() or "")
+        # And explain says so, instead of "no acceptor accepted anything".
+        with grpc.insecure_channel(kv.learners[0].address) as channel:
+            explained = pb_grpc.OperatorServiceStub(channel).ExplainInstance(
+                pb.ExplainInstanceRequest(instance=1, space=pb.INSTANCE_SPACE_LOG), timeout=10
+            )
+        assert explained.verdict == pb.INSTANCE_VERDICT_CHOSEN
+        assert explained.summary.startswith("chosen and compacted"), explained.summary
 
         # Wipe a learner's volume and start it again with its own command line.
         victim = kv.learners[2]

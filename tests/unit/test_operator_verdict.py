@@ -127,3 +127,14 @@ def test_values_are_described_for_humans() -> None:
     assert describe_value(explained_value(log_entry.encode_batch([put, put]))) == (
         "log entry, 2 commands (put 'k', put 'k')"
     )
+
+
+def test_a_compacted_instance_is_chosen_and_says_where_its_value_went() -> None:
+    compacted = acceptor(1)
+    compacted.compacted_through = 90
+    verdict = judge(7, [acceptor(0), compacted, acceptor(2, reachable=False)])
+    assert verdict.verdict == pb.INSTANCE_VERDICT_CHOSEN
+    assert verdict.summary.startswith(
+        "chosen and compacted: acceptor 1 dropped the log through instance 90"
+    )
+    assert verdict.chosen_value is None
