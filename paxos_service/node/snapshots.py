@@ -33,8 +33,13 @@ from paxos_service.storage.sqlite_setup import disk_bytes
 from paxos_service.transport.peers import describe_rpc_error
 from paxos_service.v1 import paxos_pb2 as pb
 
+#: What ``read()`` of a finished stream returns (missing from grpc-stubs).
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 #: Longest one snapshot transfer from a peer may take.
 FETCH_TIMEOUT = 600.0
+#: Longest a transfer may wait for its next chunk: a peer cut off mid-way
+#: (a partition, a paused process) must not hold the catch-up for minutes.
+CHUNK_TIMEOUT = 10.0
 #: Log a transfer's progress every this many bytes.
 FETCH_PROGRESS_BYTES = 8 * 1024 * 1024
 
@@ -154,6 +159,11 @@ class Snapshots:
             except InvalidSnapshot as exc:
                 self._logger.warning("snapshot refused", source=address, error=str(exc))
                 continue
+            except TimeoutError:
+                self._logger.warning(
+                    "snapshot fetch stalled", source=address, no_chunk_for=CHUNK_TIMEOUT
+                )
+                continue
             return address, info, data
         return None
 
@@ -161,11 +171,20 @@ class Snapshots:
         self._logger.info("fetching a snapshot", source=address, min_instance=needed)
         request = pb.FetchSnapshotRequest(min_instance=needed)
         call = stub.FetchSnapshot(request, timeout=FETCH_TIMEOUT)
+        try:
+            return await self._receive(address, call, needed)
+        finally:
+            call.cancel()  # a no-op once it ended; stops a stalled one
+
+    async def _receive(self, address: str, call: Any, needed: int) -> tuple[SnapshotInfo, bytes]:
         info: SnapshotInfo | None = None
         parts: list[bytes] = []
         received = 0
         next_report = FETCH_PROGRESS_BYTES
-        async for chunk in call:
+        while True:
+            chunk = await asyncio.wait_for(call.read(), CHUNK_TIMEOUT)
+            if chunk is _EOF:
+                break
             header = SnapshotInfo(chunk.applied_instance, chunk.total_bytes, bytes(chunk.sha256))
             if info is None:
                 info = header
