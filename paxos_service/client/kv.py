@@ -49,8 +49,12 @@ without appending anything (no learner reachable, or no leader), the error is
 attempt of the same write may have been applied: then the outcome is what
 matters). Nothing here raises a raw gRPC error or returns a protobuf message.
 
-The state machine remembers the last 1000 sequences of each client, and
-refuses an older one as "too old". Keep fewer calls than that of one client
+Each request also says which answers this client already has
+(``first_incomplete``: the lowest sequence it still waits for, an unknown
+outcome included), so the state machine forgets those results and refuses a
+late copy of them: it keeps about one result per client, not a thousand. It
+remembers the last 1000 sequences of each client at most, and refuses an older
+one as "too old". Keep fewer calls than that of one client
 in flight at once (a few hundred threads sharing a client are fine), or use
 more clients. A refused old sequence may have been applied by an earlier
 attempt, and nobody can tell any more: the call (and :meth:`KvClient.outcome`
@@ -91,7 +95,7 @@ from paxos_service.client.results import (
 from paxos_service.client.sync import AsyncClosing, BlockingClient, LoopThread, blocking_twin
 from paxos_service.client.watch import AsyncWatch, Watch
 from paxos_service.core.config import DEFAULT_MAX_VALUE_BYTES, TlsFiles
-from paxos_service.core.errors import InvalidArgumentError
+from paxos_service.core.errors import InvalidArgumentError, OutcomeUnknownError, PaxosError
 from paxos_service.transport import tls as tls_channels
 from paxos_service.transport.channels import channel_options
 from paxos_service.v1 import paxos_pb2 as pb
@@ -308,7 +312,19 @@ class AsyncKvClient(AsyncClosing):
     ) -> _T:
         timeout = check_timeout(timeout, self.timeout)
         attempts = KvCall(self._servers, timeout, request_id, writes=writes)
-        return await attempts.run(lambda address, remaining: call(self._stubs[address], remaining))
+        try:
+            result = await attempts.run(
+                lambda address, remaining: call(self._stubs[address], remaining)
+            )
+        except OutcomeUnknownError:
+            raise  # stays open: outcome() may still ask for its result
+        except PaxosError:
+            if request_id is not None:
+                self._ids.done(request_id.sequence)  # a sure answer: not applied
+            raise
+        if request_id is not None:
+            self._ids.done(request_id.sequence)
+        return result
 
 
 class KvClient(BlockingClient[AsyncKvClient]):

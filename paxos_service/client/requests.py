@@ -109,9 +109,23 @@ class RequestIds:
             client_id = secrets.randbits(62) or 1
         self.client_id = check_int(client_id, "client_id", 1, MAX_UINT64)
         self._sequences = itertools.count(1)
+        #: Sequences handed out whose answer the caller does not have yet.
+        self._open: set[int] = set()
         self._lock = threading.Lock()
 
     def next(self) -> pb.RequestId:
+        """The next id, with ``first_incomplete``: the lowest sequence still
+        waiting for its answer (this one included), so the store may forget
+        the results of every sequence below it."""
         with self._lock:
             sequence = next(self._sequences)
-        return pb.RequestId(client_id=self.client_id, sequence=sequence)
+            self._open.add(sequence)
+            first = min(self._open)
+        return pb.RequestId(client_id=self.client_id, sequence=sequence, first_incomplete=first)
+
+    def done(self, sequence: int) -> None:
+        """``sequence`` has its answer (a result, or a sure "not applied"). One
+        whose outcome is unknown stays open: its result must stay readable
+        through ``outcome()``."""
+        with self._lock:
+            self._open.discard(sequence)

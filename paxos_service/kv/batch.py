@@ -91,6 +91,7 @@ _SQL_CLIENT_UPSERT = _upsert_sql(kv_clients, "client_id")
 _SQL_EVENT_INSERT = _insert_sql(kv_events)
 _SQL_REQUEST_INSERT = _insert_sql(kv_requests)
 _SQL_EVICT = "DELETE FROM kv_requests WHERE client_id = :b_client_id AND sequence <= :b_bound"
+_SQL_FORGET = "DELETE FROM kv_requests WHERE client_id = :b_client_id AND sequence < :b_below"
 
 
 @functools.cache
@@ -104,7 +105,7 @@ def _sql_kv(n: int) -> str:
 @functools.cache
 def _sql_clients(n: int) -> str:
     marks = ", ".join("?" * n)
-    columns = "client_id, max_sequence, last_instance"
+    columns = "client_id, max_sequence, last_instance, acked_below"
     return f"SELECT {columns} FROM kv_clients WHERE client_id IN ({marks})"
 
 
@@ -132,6 +133,8 @@ class _Kv:
 class _Client:
     max_sequence: int
     last_instance: int
+    #: Every sequence below this has its answer at the client (forgotten).
+    acked_below: int = 0
 
 
 class Batch:
@@ -156,6 +159,8 @@ class Batch:
         # None: known not to be remembered.
         self._requests: dict[tuple[int, int], tuple[bytes, bytes] | None] = {}
         self._new_requests: list[dict[str, Any]] = []
+        #: Results the clients acknowledged: (client, below) to delete.
+        self._forget: list[dict[str, Any]] = []
         self._new_events: list[dict[str, Any]] = []
         #: The highest revision a compact command of this batch asked for (0: none);
         #: the state machine discards the history once the batch is flushed.
@@ -193,8 +198,9 @@ class Batch:
         for id_chunk in _chunks(sorted(clients)):
             for client in id_chunk:
                 self._clients[client] = None
-            for client, max_sequence, last in run(_sql_clients(len(id_chunk)), tuple(id_chunk)):
-                self._clients[client] = _Client(max_sequence, last)
+            rows = run(_sql_clients(len(id_chunk)), tuple(id_chunk))
+            for client, max_sequence, last, acked_below in rows:
+                self._clients[client] = _Client(max_sequence, last, acked_below)
         for pair_chunk in _chunks(sorted(requests - self._requests.keys())):
             for pair in pair_chunk:
                 self._requests[pair] = None
@@ -214,9 +220,10 @@ class Batch:
         if client is not None:
             client.last_instance = self._instance
             self._dirty_clients[client_id] = None
-            bound = client.max_sequence - self._limits.dedup_window
+            bound = max(client.max_sequence - self._limits.dedup_window, client.acked_below - 1)
             if sequence <= bound:
                 return self._error(too_old(sequence, command.client_id, bound))
+            self._acknowledge(client_id, client, min(command.first_incomplete, sequence))
         digest = operation_digest(command)
         stored = self._request(client_id, sequence)
         if stored is not None:
@@ -239,11 +246,27 @@ class Batch:
             {"client_id": client_id, "sequence": sequence, "digest": digest, "result": blob}
         )
         if client is None:
-            self._clients[client_id] = _Client(sequence, self._instance)
+            acked = min(command.first_incomplete, sequence)
+            self._clients[client_id] = _Client(sequence, self._instance, acked)
+            if acked > 1:
+                self._forget.append({"b_client_id": client_id, "b_below": acked})
         else:
             client.max_sequence = max(client.max_sequence, sequence)
         self._dirty_clients[client_id] = None
         return result
+
+    def _acknowledge(self, client_id: int, client: _Client, below: int) -> None:
+        """The client has the answers of its sequences below ``below``: forget
+        their results (deterministically: it is part of the command)."""
+        if below <= client.acked_below:
+            return
+        client.acked_below = below
+        self._forget.append({"b_client_id": client_id, "b_below": below})
+        for pair in [p for p in self._requests if p[0] == client_id and p[1] < below]:
+            self._requests[pair] = None
+        self._new_requests = [
+            r for r in self._new_requests if r["client_id"] != client_id or r["sequence"] >= below
+        ]
 
     def flush(self) -> None:
         """Write everything collected so far (still inside the transaction)."""
@@ -273,6 +296,9 @@ class Batch:
         if self._new_events:
             conn.exec_driver_sql(_SQL_EVENT_INSERT, self._new_events)
             self._new_events = []
+        if self._forget:
+            conn.exec_driver_sql(_SQL_FORGET, self._forget)
+            self._forget = []
         if self._new_requests:
             conn.exec_driver_sql(_SQL_REQUEST_INSERT, self._new_requests)
             self._new_requests = []
@@ -287,6 +313,7 @@ class Batch:
                         "client_id": client_id,
                         "max_sequence": client.max_sequence,
                         "last_instance": client.last_instance,
+                        "acked_below": client.acked_below,
                     }
                 )
                 bound = client.max_sequence - self._limits.dedup_window
@@ -462,7 +489,9 @@ class Batch:
                 select(kv_clients).where(kv_clients.c.client_id == client_id)
             ).first()
             self._clients[client_id] = (
-                None if row is None else _Client(row.max_sequence, row.last_instance)
+                None
+                if row is None
+                else _Client(row.max_sequence, row.last_instance, row.acked_below)
             )
         return self._clients[client_id]
 

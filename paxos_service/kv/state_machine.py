@@ -357,13 +357,18 @@ class KvStateMachine:
                     kv_requests.c.client_id == client, kv_requests.c.sequence == sequence
                 )
             ).first()
-            highest = conn.execute(
-                select(kv_clients.c.max_sequence).where(kv_clients.c.client_id == client)
-            ).scalar()
+            known = conn.execute(
+                select(kv_clients.c.max_sequence, kv_clients.c.acked_below).where(
+                    kv_clients.c.client_id == client
+                )
+            ).first()
         if row is not None:
             state = RequestState.FENCED if row.digest == FENCE_DIGEST else RequestState.APPLIED
             return state, pb.CommandResult.FromString(row.result)
-        if highest is not None and sequence <= highest - self.limits.dedup_window:
+        if known is not None and (
+            sequence <= known.max_sequence - self.limits.dedup_window
+            or sequence < known.acked_below
+        ):
             return RequestState.FORGOTTEN, None
         return RequestState.ABSENT, None
 

@@ -49,7 +49,9 @@ from paxos_service.storage.contract import StorageCorrupt, StorageError
 from paxos_service.storage.sqlite_setup import durable_engine, ensure_incremental_vacuum
 from paxos_service.storage.sqlite_setup import error_reason as _reason
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Files of this version are upgraded when opened (kv_clients.acked_below added).
+UPGRADABLE_FROM = "1"
 KIND = "paxos-kv-state-machine"
 
 _U64 = 1 << 64
@@ -117,7 +119,8 @@ kv_requests = Table(
     Column("digest", LargeBinary, nullable=False),
     Column("result", LargeBinary, nullable=False),
     PrimaryKeyConstraint("client_id", "sequence"),
-    sqlite_with_rowid=False,
+    # A rowid table: a result (often with a whole previous value) packs a few
+    # to a page instead of taking about a page each (older files keep theirs).
 )
 
 kv_clients = Table(
@@ -126,6 +129,9 @@ kv_clients = Table(
     Column("client_id", Integer, primary_key=True, autoincrement=False),
     Column("max_sequence", Integer, nullable=False),
     Column("last_instance", Integer, nullable=False),
+    # Every sequence below this has its answer at the client: forgotten, and
+    # a late copy is refused (RequestId.first_incomplete).
+    Column("acked_below", Integer, nullable=False, server_default="0"),
 )
 Index("ix_kv_clients_last_instance", kv_clients.c.last_instance)
 
@@ -222,6 +228,7 @@ def open_existing(path: Path, limits: Limits) -> tuple[Engine, Connection, State
     conn: Connection | None = None
     try:
         conn = engine.connect()
+        _upgrade(conn)
         state = _check(conn, path, limits)
         ensure_incremental_vacuum(conn)
     except BaseException as exc:
@@ -233,6 +240,26 @@ def open_existing(path: Path, limits: Limits) -> tuple[Engine, Connection, State
             raise StorageCorrupt(f"cannot open key-value database {path}: {_reason(exc)}") from exc
         raise
     return engine, conn, state
+
+
+def _upgrade(conn: Connection) -> None:
+    """Bring a file of schema ``UPGRADABLE_FROM`` to this one, in one
+    transaction: kv_clients gains ``acked_below`` (0: nothing acknowledged)."""
+    with conn.begin():
+        tables = set(
+            conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'").scalars()
+        )
+        if "meta" not in tables or "kv_clients" not in tables:
+            return  # not ours: _check says so
+        version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        if version != UPGRADABLE_FROM:
+            return
+        conn.exec_driver_sql(
+            "ALTER TABLE kv_clients ADD COLUMN acked_below INTEGER NOT NULL DEFAULT 0"
+        )
+        conn.execute(
+            meta.update().where(meta.c.key == "schema_version").values(value=SCHEMA_VERSION)
+        )
 
 
 def _check(conn: Connection, path: Path, limits: Limits) -> State:

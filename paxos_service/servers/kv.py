@@ -48,6 +48,7 @@ from typing import Any
 
 import grpc
 
+from paxos_service.client.requests import RequestIds
 from paxos_service.core import clock, log_entry, metrics
 from paxos_service.core.errors import NotLeaderError, OutcomeUnknownError
 from paxos_service.core.logger import get_logger
@@ -80,8 +81,7 @@ class KvServicer(pb_grpc.KvServiceServicer):
         self.appender = appender
         self.max_command_bytes = log_entry.max_command_bytes(max_value_bytes)
         # Requests that come without a request id get this learner's own.
-        self._client_id = secrets.randbits(62) | 1
-        self._sequence = 0
+        self._ids = RequestIds(secrets.randbits(62) | 1)
         self._logger = get_logger()
 
     # Writes ---------------------------------------------------------------
@@ -315,12 +315,14 @@ class KvServicer(pb_grpc.KvServiceServicer):
                 await asyncio.sleep(0.05 * attempt)
 
     def _command(self, request_id: pb.RequestId | None, **op: Any) -> pb.Command:
-        if request_id is not None and request_id.client_id:
-            client_id, sequence = request_id.client_id, request_id.sequence
-        else:
-            self._sequence += 1
-            client_id, sequence = self._client_id, self._sequence
-        return pb.Command(client_id=client_id, sequence=sequence, **op)
+        if request_id is None or not request_id.client_id:
+            request_id = self._ids.next()  # done once its call has ended
+        return pb.Command(
+            client_id=request_id.client_id,
+            sequence=request_id.sequence,
+            first_incomplete=request_id.first_incomplete,
+            **op,
+        )
 
     async def _check_serving(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         failure = self.replica.failure
@@ -381,6 +383,9 @@ class KvServicer(pb_grpc.KvServiceServicer):
                     )
         finally:
             self.replica.forget(command.client_id, command.sequence)
+            if command.client_id == self._ids.client_id:
+                # A request without an id: nobody can ask for it again.
+                self._ids.done(command.sequence)
         if result.error:
             if is_forgotten(result):
                 await _abort_unknown(

@@ -15,7 +15,7 @@ import pytest
 
 from paxos_service.client.kv import AsyncKvClient, KeyValue, KvClient, WatchEvent
 from paxos_service.client.paxos import AsyncPaxosClient, PaxosClient
-from paxos_service.core.errors import InvalidArgumentError
+from paxos_service.core.errors import InvalidArgumentError, OutcomeUnknownError
 from paxos_service.v1 import paxos_pb2 as pb
 from paxos_service.v1 import paxos_pb2_grpc as pb_grpc
 from tests.integration.kv_cluster import (
@@ -241,23 +241,27 @@ def test_a_client_reusing_its_id_gets_remembered_answers_and_outcomes(
     cluster: ClusterProcess, ns: str
 ) -> None:
     """Two clients with one fixed client_id: the second one's sequence numbers
-    start again at 1, exactly as a retry after a crash would resend them."""
+    start again at 1, exactly as a retry after a crash would resend them. The
+    first client acknowledged the answer of sequence 1 with its sequence 2, so
+    the store forgot that result (and refuses a copy of it: never applied
+    twice); sequence 2's answer it never acknowledged, so that one is kept."""
     key = ns + "k"
     client_id = 0x0DD_BA11 + len(ns)
     with KvClient(cluster.learners, timeout=TIMEOUT, client_id=client_id) as a:
         assert a.client_id == client_id
         first = a.put(key, b"a")  # sequence 1
-        second = a.put(key, b"b")  # sequence 2
+        second = a.put(key, b"b")  # sequence 2, acknowledging the answer of 1
     with KvClient(cluster.learners[::-1], timeout=TIMEOUT, client_id=client_id) as b:
-        assert b.put(key, b"a") == first, "sequence 1 again: the remembered answer"
+        with pytest.raises(OutcomeUnknownError):
+            b.put(key, b"a")  # sequence 1 again: acknowledged, forgotten, refused
         with pytest.raises(InvalidArgumentError, match="sequence"):
             b.put(key, b"something else")  # sequence 2 again, for another request
         assert b.get(key) == KeyValue(key, b"b", 2, first.revision, second.revision)
-        outcome = b.outcome(client_id, 1)
-        assert outcome is not None and outcome.revision == first.revision and outcome.succeeded
-        assert outcome.kv is None, "the first put had no previous key"
+        with pytest.raises(OutcomeUnknownError):
+            b.outcome(client_id, 1)  # forgotten: nobody can tell any more
         outcome = b.outcome(client_id, 2)
         assert outcome is not None and outcome.kv is not None and outcome.kv.value == b"a"
+        assert outcome.revision == second.revision and outcome.succeeded
         assert b.outcome(client_id, 900) is None, "never sent: not applied"
         assert b.outcome(client_id + 1, 1) is None
 
@@ -285,8 +289,9 @@ async def test_async_client_has_the_same_semantics(cluster: ClusterProcess, ns: 
         deleted = await kv.delete(key)
         assert deleted.deleted and deleted.previous is not None
         assert deleted.previous.version == 2
-        outcome = await kv.outcome(kv.client_id, 2)  # sequence 2 was the first put
-        assert outcome is not None and outcome.revision == put.revision
+        with pytest.raises(OutcomeUnknownError):
+            # Sequence 2, the first put: answered and acknowledged, so forgotten.
+            await kv.outcome(kv.client_id, 2)
         # Running calls concurrently from one client is fine: distinct sequences.
         results = await asyncio.gather(*(kv.put(f"{ns}c{i}", b"x") for i in range(20)))
         assert len({r.revision for r in results}) == 20

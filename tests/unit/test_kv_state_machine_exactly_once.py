@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from paxos_service.kv import EntryOutOfOrder, KvStateMachine
+from paxos_service.kv import EntryOutOfOrder, KvStateMachine, RequestState
 from paxos_service.kv.batch import Batch
 from paxos_service.storage.contract import StorageError
 from paxos_service.v1 import paxos_pb2 as pb
@@ -226,3 +226,40 @@ def test_a_crash_after_all_writes_before_commit_keeps_none_of_it(
         monkeypatch.undo()
     with KvStateMachine.open(db) as sm:
         assert dump(sm) == before
+
+
+# Acknowledged results are forgotten -----------------------------------------------------------
+
+
+def _acked(command: pb.Command, first_incomplete: int) -> pb.Command:
+    command.first_incomplete = first_incomplete
+    return command
+
+
+def test_results_the_client_acknowledged_are_forgotten_and_a_late_copy_is_refused(
+    log: Log,
+) -> None:
+    first = log.one(_acked(put("a", b"1", client=7, seq=1), 1))
+    assert log.sm.outcome(7, 1) == first
+    log.one(_acked(put("a", b"2", client=7, seq=2), 2))  # the client has answer 1
+    assert log.sm.outcome(7, 1) is None
+    assert log.sm.lookup(7, 1)[0] is RequestState.FORGOTTEN
+    late = log.one(_acked(put("a", b"1", client=7, seq=1), 1))  # a late copy of 1
+    assert "too old" in late.error
+    assert log.sm.get_local("a") == kv("a", b"2", 2, 1, 2)  # never applied twice
+
+
+def test_a_client_cannot_acknowledge_its_own_request_or_move_back(log: Log) -> None:
+    log.one(_acked(put("a", b"1", client=7, seq=1), 5))  # above itself: counts as 1
+    assert log.sm.outcome(7, 1) is not None
+    log.one(_acked(put("a", b"2", client=7, seq=3), 3))
+    log.one(_acked(put("a", b"3", client=7, seq=4), 1))  # lower: changes nothing
+    assert log.sm.outcome(7, 1) is None
+    assert log.sm.lookup(7, 2)[0] is RequestState.FORGOTTEN
+    assert log.sm.outcome(7, 3) is not None and log.sm.outcome(7, 4) is not None
+
+
+def test_without_acknowledgements_the_window_still_bounds_the_memory(log: Log) -> None:
+    log.one(put("a", b"1", client=7, seq=1))
+    log.one(put("a", b"2", client=7, seq=2))
+    assert log.sm.outcome(7, 1) is not None  # grpcurl-style clients: as before

@@ -7,6 +7,7 @@ limits are refused; and snapshots restore an identical, deterministic state.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,22 @@ def test_a_snapshot_with_other_limits_is_refused(tmp_path: Path) -> None:
         pytest.raises(InvalidSnapshot, match="dedup_window=5"),
     ):
         two.restore(snapshot)
+
+
+def test_a_file_of_the_previous_schema_is_upgraded_when_opened(tmp_path: Path) -> None:
+    """Schema 1 had no kv_clients.acked_below: opening adds it (0: nothing
+    acknowledged) and keeps every row."""
+    path = tmp_path / "kv.db"
+    with KvStateMachine.open(path) as machine:
+        command = pb.Command(client_id=7, sequence=1, put=pb.PutOp(key="a", value=b"1"))
+        machine.apply_entry(1, pb.LogEntry(commands=[command]))
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("ALTER TABLE kv_clients DROP COLUMN acked_below")
+    raw.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    raw.close()
+    with KvStateMachine.open(path) as machine:
+        assert machine.applied_instance == 1
+        assert machine.outcome(7, 1) is not None
+        again = pb.Command(client_id=7, sequence=2, first_incomplete=2, delete=pb.DeleteOp(key="a"))
+        machine.apply_entry(2, pb.LogEntry(commands=[again]))
+        assert machine.outcome(7, 1) is None

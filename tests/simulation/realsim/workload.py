@@ -67,6 +67,8 @@ class KvClient:
         self.history = history
         self.rng = random.Random(cluster.rng.random())
         self.sequence = 0
+        #: Sequences without an answer yet (their results must stay readable).
+        self.open: set[int] = set()
         self.seen: list[bytes] = []
         self.stubs = [
             pb_grpc.KvServiceStub(cluster.network.channel(self.name, address))
@@ -88,7 +90,12 @@ class KvClient:
         answer (the same request id: it was not applied) until ``budget``."""
         loop = asyncio.get_running_loop()
         self.sequence += 1
-        request_id = pb.RequestId(client_id=self.client_id, sequence=self.sequence)
+        # The lowest sequence still without an answer: the store forgets the
+        # results below it, as with the client stub (RequestIds).
+        self.open.add(self.sequence)
+        request_id = pb.RequestId(
+            client_id=self.client_id, sequence=self.sequence, first_incomplete=min(self.open)
+        )
         key = self.rng.choice(KEYS)
         value = f"{self.client_id}.{self.sequence}".encode()
         expected = self.rng.choice(self.seen) if self.seen else b"none"
@@ -118,6 +125,8 @@ class KvClient:
                 break
             status = "ok"
             break
+        if status in ("ok", "fail"):  # an answer; "unknown" stays open
+            self.open.discard(request_id.sequence)
         complete = loop.time() if status == "ok" else None
         if status == "ok" and kind == "get" and isinstance(output, bytes):
             self.seen.append(output)
