@@ -246,10 +246,9 @@ class Batch:
             {"client_id": client_id, "sequence": sequence, "digest": digest, "result": blob}
         )
         if client is None:
+            # A client the store does not know has no results to forget.
             acked = min(command.first_incomplete, sequence)
             self._clients[client_id] = _Client(sequence, self._instance, acked)
-            if acked > 1:
-                self._forget.append({"b_client_id": client_id, "b_below": acked})
         else:
             client.max_sequence = max(client.max_sequence, sequence)
         self._dirty_clients[client_id] = None
@@ -257,16 +256,14 @@ class Batch:
 
     def _acknowledge(self, client_id: int, client: _Client, below: int) -> None:
         """The client has the answers of its sequences below ``below``: forget
-        their results (deterministically: it is part of the command)."""
+        their results (deterministically: it is part of the command). Nothing
+        in this batch reads them again: the client's floor refuses those
+        sequences first. The delete runs at :meth:`flush`, after the inserts,
+        so it also takes a result this batch stored."""
         if below <= client.acked_below:
             return
         client.acked_below = below
         self._forget.append({"b_client_id": client_id, "b_below": below})
-        for pair in [p for p in self._requests if p[0] == client_id and p[1] < below]:
-            self._requests[pair] = None
-        self._new_requests = [
-            r for r in self._new_requests if r["client_id"] != client_id or r["sequence"] >= below
-        ]
 
     def flush(self) -> None:
         """Write everything collected so far (still inside the transaction)."""
@@ -296,12 +293,12 @@ class Batch:
         if self._new_events:
             conn.exec_driver_sql(_SQL_EVENT_INSERT, self._new_events)
             self._new_events = []
-        if self._forget:
-            conn.exec_driver_sql(_SQL_FORGET, self._forget)
-            self._forget = []
         if self._new_requests:
             conn.exec_driver_sql(_SQL_REQUEST_INSERT, self._new_requests)
             self._new_requests = []
+        if self._forget:
+            conn.exec_driver_sql(_SQL_FORGET, self._forget)
+            self._forget = []
         if self._dirty_clients:
             clients: list[dict[str, Any]] = []
             evictions: list[dict[str, Any]] = []

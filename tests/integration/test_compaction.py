@@ -13,6 +13,7 @@ catches up the rest, and ends identical to the others.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,13 @@ def _status(address: str) -> pb.GetNodeStatusResponse:
         return pb_grpc.OperatorServiceStub(channel).GetNodeStatus(
             pb.GetNodeStatusRequest(), timeout=5
         )
+
+
+def _refusal(address: str, call: Callable[[grpc.Channel], object]) -> grpc.RpcError:
+    """The error ``call`` gets from ``address`` (it must fail)."""
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+        call(channel)
+    return refused.value
 
 
 def _dump(path: Path) -> tuple[int, list[tuple[str, bytes, int, int]]]:
@@ -91,35 +99,32 @@ def test_acceptors_truncate_and_a_wiped_learner_rebuilds_from_a_snapshot(tmp_pat
         assert all(s.disk_bytes > 0 for s in statuses)
 
         # Below the point, a typed answer that carries it.
-        with (
-            grpc.insecure_channel(kv.acceptors[0].address) as channel,
-            pytest.raises(grpc.RpcError) as refused,
-        ):
-            pb_grpc.AcceptorServiceStub(channel).GetAccepted(
-                pb.GetAcceptedRequest(instance=1, space=pb.INSTANCE_SPACE_LOG), timeout=5
-            )
-        assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
-        trailers = dict(refused.value.trailing_metadata() or ())
+        log_instance_1 = {"instance": 1, "space": pb.INSTANCE_SPACE_LOG}
+        refused = _refusal(
+            kv.acceptors[0].address,
+            lambda channel: pb_grpc.AcceptorServiceStub(channel).GetAccepted(
+                pb.GetAcceptedRequest(**log_instance_1), timeout=5
+            ),
+        )
+        assert refused.code() == grpc.StatusCode.OUT_OF_RANGE
+        trailers = dict(refused.trailing_metadata() or ())
         assert int(trailers[COMPACTED_THROUGH_METADATA]) >= point
-        # The votes are gone from the file, not only refused.
-        with (
-            grpc.insecure_channel(kv.acceptors[1].address) as channel,
-            pytest.raises(grpc.RpcError) as range_refused,
-        ):
-            pb_grpc.AcceptorServiceStub(channel).GetAcceptedRange(
+        range_refused = _refusal(
+            kv.acceptors[1].address,
+            lambda channel: pb_grpc.AcceptorServiceStub(channel).GetAcceptedRange(
                 pb.GetAcceptedRangeRequest(from_instance=1), timeout=5
-            )
-        assert range_refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+            ),
+        )
+        assert range_refused.code() == grpc.StatusCode.OUT_OF_RANGE
         # A learner asked for a compacted log instance says so, not "undecided".
-        with (
-            grpc.insecure_channel(kv.learners[0].address) as channel,
-            pytest.raises(grpc.RpcError) as learner_refused,
-        ):
-            pb_grpc.LearnerServiceStub(channel).GetDecision(
-                pb.GetDecisionRequest(instance=1, space=pb.INSTANCE_SPACE_LOG), timeout=5
-            )
-        assert learner_refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
-        assert "compacted" in (learner_refused.value.details() or "")
+        learner_refused = _refusal(
+            kv.learners[0].address,
+            lambda channel: pb_grpc.LearnerServiceStub(channel).GetDecision(
+                pb.GetDecisionRequest(**log_instance_1), timeout=5
+            ),
+        )
+        assert learner_refused.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "compacted" in (learner_refused.details() or "")
         # And explain says so, instead of "no acceptor accepted anything".
         with grpc.insecure_channel(kv.learners[0].address) as channel:
             explained = pb_grpc.OperatorServiceStub(channel).ExplainInstance(
